@@ -1,0 +1,1 @@
+"""Subcommands of the ``vlptm`` CLI, one module each (see :mod:`vlptm.cli`)."""

@@ -1,0 +1,1 @@
+"""``vlptm generate-scenes``: write the generated scene world (placeholder replaced below)."""
