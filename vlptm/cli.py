@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "vlptm.commands.generate_scenes",
     "vlptm.commands.inspect_data",
     "vlptm.commands.demo",
+    "vlptm.commands.check_store",
 )
 
 
