@@ -1,0 +1,194 @@
+"""Configuration dataclasses of the region and grid extractors, and their dict/YAML round trip.
+
+Overrides use dotted keys (``backbone.name``, ``selection.fixed_boxes``) and are type-checked against the
+dataclass fields; a value given as a string (from ``--key=value``) is parsed as YAML first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import yaml
+
+from vlptm.detection.backbone import BackboneConfig
+from vlptm.detection.selection import SelectionConfig
+
+__all__ = [
+    "RpnConfig",
+    "RoiHeadsConfig",
+    "ExtractorConfig",
+    "GridConfig",
+    "config_to_dict",
+    "config_from_dict",
+    "apply_overrides",
+    "default_class_names",
+]
+
+
+def default_class_names() -> List[str]:
+    """torchvision's COCO label space: 91 names, ``__background__`` at 0 and ``N/A`` for unused ids."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    return list(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+
+
+@dataclass
+class RpnConfig:
+    """torchvision RegionProposalNetwork settings (its defaults unless noted)."""
+
+    anchor_sizes: Tuple[int, ...] = (32, 64, 128, 256, 512)  # one anchor size per FPN level (pool level incl.)
+    aspect_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)  # anchor height/width ratios at every level
+    pre_nms_top_n_train: int = 2000  # proposals per level before NMS, training
+    pre_nms_top_n_test: int = 1000  # proposals per level before NMS, inference
+    post_nms_top_n_train: int = 2000  # proposals per image after NMS, training
+    post_nms_top_n_test: int = 1000  # proposals per image after NMS, inference
+    nms_threshold: float = 0.7  # IoU of the proposal NMS
+    fg_iou_threshold: float = 0.7  # anchor IoU for a positive
+    bg_iou_threshold: float = 0.3  # anchor IoU below which an anchor is negative
+    batch_size_per_image: int = 256  # anchors sampled per image for the loss
+    positive_fraction: float = 0.5  # positive share of those anchors
+
+
+@dataclass
+class RoiHeadsConfig:
+    """torchvision RoIHeads settings plus the box head and attribute head sizes."""
+
+    pool_size: int = 7  # MultiScaleRoIAlign output size
+    sampling_ratio: int = 2  # RoIAlign sampling points per bin side
+    representation_size: int = 1024  # D: the box head's (two-MLP) output, i.e. the region feature size
+    batch_size_per_image: int = 512  # RoIs sampled per image for the loss
+    positive_fraction: float = 0.25  # positive share of those RoIs
+    fg_iou_threshold: float = 0.5  # RoI IoU for a positive
+    bg_iou_threshold: float = 0.5  # RoI IoU below which a RoI is background
+    score_threshold: float = 0.05  # detect(): drop detections below this score
+    nms_threshold: float = 0.5  # detect(): per-class NMS IoU
+    detections_per_image: int = 100  # detect(): at most this many detections
+    class_embed_dim: int = 256  # attribute head: class embedding size
+    attribute_hidden_dim: int = 512  # attribute head: hidden layer size
+    attribute_loss_weight: float = 1.0  # weight of the attribute BCE in the total loss
+
+
+@dataclass
+class ExtractorConfig:
+    """The whole Faster R-CNN region extractor: preprocessing, parts, label spaces, box selection."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)  # timm/torchvision backbone + FPN
+    rpn: RpnConfig = field(default_factory=RpnConfig)  # proposal network
+    roi_heads: RoiHeadsConfig = field(default_factory=RoiHeadsConfig)  # box, class and attribute heads
+    selection: SelectionConfig = field(default_factory=SelectionConfig)  # which regions extract() keeps
+    image_mean: Tuple[float, ...] = (0.5, 0.5, 0.5)  # RGB normalisation mean (EfficientNet-Lite: 0.5)
+    image_std: Tuple[float, ...] = (0.5, 0.5, 0.5)  # RGB normalisation std (EfficientNet-Lite: 0.5)
+    min_size: int = 512  # inference: resize the short side to this many pixels
+    max_size: int = 853  # ... unless the long side would exceed this
+    train_min_sizes: Tuple[int, ...] = ()  # training scale jitter: short side drawn from these (+ min_size)
+    class_names: List[str] = field(default_factory=default_class_names)  # index 0 = background
+    category_ids: List[int] = field(default_factory=list)  # dataset category id per class index ([] = index)
+    attribute_names: List[str] = field(default_factory=list)  # empty: no attribute head
+    attribute_types: List[str] = field(default_factory=list)  # per attribute, e.g. "color" / "size"
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) < 2:
+            raise ValueError("class_names needs the background (index 0) and at least one class")
+        if self.category_ids and len(self.category_ids) != len(self.class_names):
+            raise ValueError("category_ids must give one id per class name (background included)")
+        if self.attribute_types and len(self.attribute_types) != len(self.attribute_names):
+            raise ValueError("attribute_types must give one type per attribute name")
+
+    @property
+    def num_classes(self) -> int:
+        """C, classes including background."""
+        return len(self.class_names)
+
+    @property
+    def num_attributes(self) -> int:
+        """A, attributes (0: no attribute head)."""
+        return len(self.attribute_names)
+
+
+@dataclass
+class GridConfig:
+    """Grid features (Jiang et al., 2020): the backbone's last map average-pooled on an S×S grid."""
+
+    backbone: str = "tf_efficientnet_lite0"  # timm classification model; its forward_features map is pooled
+    weights: str = "auto"  # as BackboneConfig.weights
+    grid_size: int = 6  # S: S*S regions per image (6 -> 36, the fixed-K of bottom-up attention)
+    image_mean: Tuple[float, ...] = (0.5, 0.5, 0.5)  # RGB normalisation mean
+    image_std: Tuple[float, ...] = (0.5, 0.5, 0.5)  # RGB normalisation std
+    min_size: int = 512  # resize the short side to this many pixels
+    max_size: int = 853  # ... unless the long side would exceed this
+
+
+def config_to_dict(config: Any) -> Dict[str, Any]:
+    """Plain JSON/YAML-ready dict (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """Builds dataclass ``cls`` from a (nested) dict; unknown keys raise ``KeyError``."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise KeyError(f"unknown {cls.__name__} keys: {unknown}; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{cls.__name__}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
+    """Returns a copy of ``config`` with dotted-key overrides applied (``{"selection.fixed_boxes": 36}``).
+
+    Raises:
+        KeyError: unknown key.
+        TypeError: a value that does not fit the field's type.
+    """
+    data = config_to_dict(config)
+    for key, value in overrides.items():
+        node, cls = data, type(config)
+        parts = key.split(".")
+        for part in parts[:-1]:
+            hints = typing.get_type_hints(cls)
+            if part not in node or not dataclasses.is_dataclass(hints.get(part)):
+                raise KeyError(f"unknown config section {part!r} in {key!r}")
+            node, cls = node[part], hints[part]
+        leaf = parts[-1]
+        hints = typing.get_type_hints(cls)
+        if leaf not in hints:
+            raise KeyError(f"unknown config key {key!r}; {cls.__name__} has {sorted(hints)}")
+        if isinstance(value, str) and hints[leaf] is not str:
+            value = yaml.safe_load(value)
+        node[leaf] = _coerce(hints[leaf], value, key)
+        if dataclasses.is_dataclass(hints[leaf]):
+            node[leaf] = config_to_dict(node[leaf])
+    return config_from_dict(type(config), data)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Checks ``value`` against type ``tp`` (with int -> float and list -> tuple conversions)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return config_from_dict(tp, value)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where}: expected a list, got {value!r}")
+        item_type = args[0] if args else Any
+        items = [_coerce(item_type, v, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise TypeError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
