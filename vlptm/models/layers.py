@@ -1,0 +1,326 @@
+"""Shared Transformer blocks of both encoders: embeddings, attention, FFN, layers, pooler.
+
+Every attention runs on ``torch.nn.functional.scaled_dot_product_attention`` with an additive key-padding
+mask; an explicit softmax path is used only when attention probabilities are asked for. Query, key and
+value projections are one fused ``(3H, H)`` matrix (one GEMM instead of three); the interop loaders
+concatenate the peers' separate ``query``/``key``/``value`` weights into it.
+
+Shape legend: B batch, T text tokens, R regions, L any sequence length, H hidden size, N heads,
+d = H / N head size, D region feature dim, P region position dim, I FFN inner size.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Additive bias for padded keys: exp() of it underflows to exactly 0 in fp32 and bf16 softmax, and it stays
+# finite in fp16, so a query whose keys are all padding gets uniform attention instead of NaN.
+MASK_BIAS = -1.0e4
+
+_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+def padding_bias(mask: Tensor) -> Tensor:
+    """Turn a ``(B, L)`` 1/0 key mask into the additive ``(B, 1, 1, L)`` bias every attention takes."""
+    return (1.0 - mask.to(torch.float32))[:, None, None, :] * MASK_BIAS  # (B, 1, 1, L)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float, return_probs: bool = False
+           ) -> Tuple[Tensor, Optional[Tensor]]:
+    """Scaled dot-product attention of ``(B, N, Lq, d)`` queries on ``(B, N, Lk, d)`` keys/values.
+
+    Args:
+        bias: additive key bias, ``(B, 1, 1, Lk)`` (see :func:`padding_bias`).
+        dropout_p: dropout on the attention probabilities (pass 0 in eval).
+        return_probs: also return the ``(B, N, Lq, Lk)`` probabilities (explicit softmax path).
+
+    Returns:
+        ``(context (B, N, Lq, d), probs or None)``.
+    """
+    bias = bias.to(q.dtype)
+    if not return_probs:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p), None
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1]) + bias  # (B, N, Lq, Lk)
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, N, Lq, Lk)
+    context = torch.matmul(F.dropout(probs, dropout_p, training=dropout_p > 0), v)  # (B, N, Lq, d)
+    return context, probs
+
+
+class TextEmbeddings(nn.Module):
+    """BERT embeddings: ``LN(word + position + token_type)`` then dropout.
+
+    Args:
+        vocab_size: WordPiece vocabulary size.
+        hidden_size: H.
+        max_positions: longest text.
+        type_vocab_size: number of token types.
+        eps: LayerNorm epsilon.
+        dropout: dropout probability.
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int, max_positions: int, type_vocab_size: int,
+                 eps: float, dropout: float) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab_size, hidden_size)
+        self.position_embeddings = nn.Embedding(max_positions, hidden_size)
+        self.token_type_embeddings = nn.Embedding(type_vocab_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        """``(B, T)`` ids and token types -> ``(B, T, H)``."""
+        length = input_ids.shape[1]
+        if length > self.position_embeddings.num_embeddings:
+            raise ValueError(f"text of {length} tokens exceeds max_position_embeddings "
+                             f"{self.position_embeddings.num_embeddings}")
+        positions = torch.arange(length, device=input_ids.device)  # (T,)
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings(token_type_ids))  # (B, T, H)
+        return self.dropout(self.norm(x))
+
+
+class RegionEmbeddings(nn.Module):
+    """Region features and box positions -> ``(B, R, H)`` embeddings, in one of three peers' styles.
+
+    - ``"uniter"``: ``LN(LN(W_f f) + LN(W_p p) + t)`` where ``t`` is the caller's modality (token-type)
+      embedding; UNITER takes row 1 of the text token-type table.
+    - ``"lxmert"``: ``(LN(W_f f) + LN(W_p p)) / 2``.
+    - ``"visualbert"``: ``LN_text(W_f f + e)`` with a learned vector ``e`` (VisualBERT's visual position
+      row 0 plus visual token-type row 1) and the text embeddings' LayerNorm passed in by the caller; no
+      box positions.
+
+    Masked regions (``masked`` true) have their features replaced by a learned ``(D,)`` mask embedding,
+    i.e. zeroed and the mask embedding added, as UNITER's masked region modelling does.
+
+    Args:
+        feat_dim: D.
+        pos_dim: P (0 for the "visualbert" style).
+        hidden_size: H.
+        style: "uniter", "lxmert" or "visualbert".
+        eps: LayerNorm epsilon.
+        dropout: dropout probability on the output.
+    """
+
+    def __init__(self, feat_dim: int, pos_dim: int, hidden_size: int, style: str, eps: float,
+                 dropout: float) -> None:
+        super().__init__()
+        self.style = style
+        self.feat_dim, self.pos_dim = feat_dim, pos_dim
+        self.feat_proj = nn.Linear(feat_dim, hidden_size)
+        self.mask_embedding = nn.Parameter(torch.zeros(feat_dim))
+        if style in ("uniter", "lxmert"):
+            self.feat_norm = nn.LayerNorm(hidden_size, eps=eps)
+            self.pos_proj = nn.Linear(pos_dim, hidden_size)
+            self.pos_norm = nn.LayerNorm(hidden_size, eps=eps)
+        if style == "uniter":
+            self.norm = nn.LayerNorm(hidden_size, eps=eps)
+        if style == "visualbert":
+            self.modality_embedding = nn.Parameter(torch.zeros(hidden_size))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, feats: Tensor, pos: Optional[Tensor], masked: Optional[Tensor] = None,
+                type_embedding: Optional[Tensor] = None, shared_norm: Optional[nn.LayerNorm] = None) -> Tensor:
+        """Embed regions.
+
+        Args:
+            feats: ``(B, R, D)`` region features.
+            pos: ``(B, R, P)`` box positions (ignored by the "visualbert" style).
+            masked: optional ``(B, R)`` bool, regions whose features are replaced by the mask embedding.
+            type_embedding: ``(H,)`` modality embedding ("uniter" style).
+            shared_norm: the text embeddings' LayerNorm ("visualbert" style).
+
+        Returns:
+            ``(B, R, H)``.
+        """
+        if feats.shape[-1] != self.feat_dim:
+            raise ValueError(f"region_feats last dim {feats.shape[-1]} != region_feat_dim {self.feat_dim}")
+        if masked is not None:
+            feats = torch.where(masked.bool()[..., None], self.mask_embedding.to(feats.dtype), feats)  # (B, R, D)
+        if self.style == "visualbert":
+            x = shared_norm(self.feat_proj(feats) + self.modality_embedding)  # (B, R, H)
+            return self.dropout(x)
+        if pos is None:
+            raise ValueError(f"region_pos (B, R, {self.pos_dim}) is required by the {self.style!r} region embedding")
+        if pos.shape[-1] != self.pos_dim:
+            raise ValueError(f"region_pos last dim {pos.shape[-1]} != region_pos_dim {self.pos_dim}")
+        x = self.feat_norm(self.feat_proj(feats)) + self.pos_norm(self.pos_proj(pos))  # (B, R, H)
+        if self.style == "lxmert":
+            return self.dropout(x / 2)
+        return self.dropout(self.norm(x + type_embedding))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with a post-LN residual: ``LN(x + dropout(W_o attn(x, ctx)))``.
+
+    One ``qkv`` Linear of shape ``(3H, H)`` holds the query, key and value projections. The same block
+    serves self-attention (:meth:`forward`), one-way cross-attention (:meth:`cross`) and LXMERT's
+    two-way cross-attention with shared weights (:meth:`bidirectional`).
+
+    Args:
+        hidden_size: H.
+        num_heads: N.
+        attention_dropout: dropout on attention probabilities.
+        hidden_dropout: dropout on the output projection.
+        eps: LayerNorm epsilon.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float, hidden_dropout: float,
+                 eps: float) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.attention_dropout = attention_dropout
+        self.dropout = nn.Dropout(hidden_dropout)
+
+    def _heads(self, x: Tensor, parts: int) -> Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (k, B, N, L, d)
+
+    def _merge(self, context: Tensor) -> Tensor:
+        batch, _, length, _ = context.shape
+        return context.transpose(1, 2).reshape(batch, length, -1)  # (B, L, H)
+
+    def _output(self, context: Tensor, residual: Tensor) -> Tensor:
+        return self.norm(residual + self.dropout(self.dense(context)))
+
+    def _p(self) -> float:
+        return self.attention_dropout if self.training else 0.0
+
+    def forward(self, x: Tensor, bias: Tensor, return_probs: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """Self-attention of ``(B, L, H)`` under a ``(B, 1, 1, L)`` key bias -> ``((B, L, H), probs)``."""
+        q, k, v = self._heads(self.qkv(x), 3)  # each (B, N, L, d)
+        context, probs = attend(q, k, v, bias, self._p(), return_probs)
+        return self._output(self._merge(context), x), probs
+
+    def cross(self, x: Tensor, ctx: Tensor, ctx_bias: Tensor, return_probs: bool = False
+              ) -> Tuple[Tensor, Optional[Tensor]]:
+        """``(B, Lq, H)`` queries attend to ``(B, Lk, H)`` context -> ``((B, Lq, H), probs)``."""
+        hidden = x.shape[-1]
+        q = self._heads(F.linear(x, self.qkv.weight[:hidden], self.qkv.bias[:hidden]), 1)[0]  # (B, N, Lq, d)
+        k, v = self._heads(F.linear(ctx, self.qkv.weight[hidden:], self.qkv.bias[hidden:]), 2)  # (B, N, Lk, d)
+        context, probs = attend(q, k, v, ctx_bias, self._p(), return_probs)
+        return self._output(self._merge(context), x), probs
+
+    def bidirectional(self, a: Tensor, a_bias: Tensor, b: Tensor, b_bias: Tensor, return_probs: bool = False
+                      ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``a`` attends to ``b`` and ``b`` to ``a`` with the same weights (LXMERT's cross-attention).
+
+        Both sequences go through each projection in one GEMM.
+
+        Args:
+            a: ``(B, La, H)``; b: ``(B, Lb, H)``; a_bias / b_bias: their ``(B, 1, 1, L)`` key biases.
+            return_probs: also return the a-to-b probabilities ``(B, N, La, Lb)``.
+
+        Returns:
+            ``(a_out (B, La, H), b_out (B, Lb, H), a-to-b probs or None)``.
+        """
+        length_a = a.shape[1]
+        both = torch.cat([a, b], dim=1)  # (B, La+Lb, H)
+        q, k, v = self._heads(self.qkv(both), 3)  # each (B, N, La+Lb, d)
+        ctx_a, probs = attend(q[:, :, :length_a], k[:, :, length_a:], v[:, :, length_a:], b_bias, self._p(),
+                              return_probs)  # (B, N, La, d)
+        ctx_b, _ = attend(q[:, :, length_a:], k[:, :, :length_a], v[:, :, :length_a], a_bias, self._p())
+        context = torch.cat([self._merge(ctx_a), self._merge(ctx_b)], dim=1)  # (B, La+Lb, H)
+        out = self._output(context, both)  # (B, La+Lb, H)
+        return out[:, :length_a], out[:, length_a:], probs
+
+
+class FeedForward(nn.Module):
+    """``LN(x + dropout(W_2 act(W_1 x)))``.
+
+    Args:
+        hidden_size: H.
+        intermediate_size: I.
+        activation: "gelu", "gelu_tanh" or "relu".
+        dropout: dropout probability.
+        eps: LayerNorm epsilon.
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, activation: str, dropout: float,
+                 eps: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.activation = _ACTIVATIONS[activation]
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, L, H)`` -> ``(B, L, H)``."""
+        return self.norm(x + self.dropout(self.fc2(self.activation(self.fc1(x)))))
+
+
+class TransformerLayer(nn.Module):
+    """A BERT layer: self-attention block then FFN block (post-LN).
+
+    Args:
+        hidden_size, num_heads, intermediate_size, activation: shapes and FFN activation.
+        attention_dropout, hidden_dropout, eps: as in :class:`Attention`.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, activation: str,
+                 attention_dropout: float, hidden_dropout: float, eps: float) -> None:
+        super().__init__()
+        self.attention = Attention(hidden_size, num_heads, attention_dropout, hidden_dropout, eps)
+        self.ffn = FeedForward(hidden_size, intermediate_size, activation, hidden_dropout, eps)
+
+    def forward(self, x: Tensor, bias: Tensor, return_probs: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """``(B, L, H)`` and ``(B, 1, 1, L)`` key bias -> ``((B, L, H), probs or None)``."""
+        x, probs = self.attention(x, bias, return_probs)
+        return self.ffn(x), probs
+
+
+class CrossModalLayer(nn.Module):
+    """LXMERT's cross-modality layer.
+
+    One cross-attention shared by both directions, then per-modality self-attention and FFN.
+
+    Args: as :class:`TransformerLayer`.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, activation: str,
+                 attention_dropout: float, hidden_dropout: float, eps: float) -> None:
+        super().__init__()
+        args = (hidden_size, num_heads, attention_dropout, hidden_dropout, eps)
+        self.cross_attention = Attention(*args)
+        self.text_attention = Attention(*args)
+        self.region_attention = Attention(*args)
+        self.text_ffn = FeedForward(hidden_size, intermediate_size, activation, hidden_dropout, eps)
+        self.region_ffn = FeedForward(hidden_size, intermediate_size, activation, hidden_dropout, eps)
+
+    def forward(self, text: Tensor, text_bias: Tensor, regions: Tensor, region_bias: Tensor,
+                return_probs: bool = False) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``(B, T, H)``, ``(B, R, H)`` and their key biases -> updated pair and text-to-region probs."""
+        text, regions, probs = self.cross_attention.bidirectional(text, text_bias, regions, region_bias,
+                                                                  return_probs)
+        text, _ = self.text_attention(text, text_bias)  # (B, T, H)
+        regions, _ = self.region_attention(regions, region_bias)  # (B, R, H)
+        return self.text_ffn(text), self.region_ffn(regions), probs
+
+
+class Pooler(nn.Module):
+    """``tanh(W x)`` of a ``(B, H)`` summary vector (the [CLS] state, or the region mean)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, H)`` -> ``(B, H)``."""
+        return torch.tanh(self.dense(x))
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``(B, L, H)`` over positions where the ``(B, L)`` mask is 1 (zeros for an empty row)."""
+    weights = mask.to(x.dtype)[..., None]  # (B, L, 1)
+    return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, H)
