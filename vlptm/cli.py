@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "vlptm.commands.inspect_data",
     "vlptm.commands.demo",
     "vlptm.commands.check_store",
+    "vlptm.commands.convert_features",
 )
 
 
