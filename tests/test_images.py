@@ -165,6 +165,11 @@ def test_exif_orientation_6_rotates_clockwise(tmp_path):
     assert np.abs(pixels[8, 22] - RED).max() < 30  # top-right: red
     assert np.abs(pixels[8, 7] - BLUE).max() < 30  # top-left: blue
     assert np.abs(pixels[45, 22] - BLUE).max() < 30  # bottom-right: blue
+    # Annotations made on the stored pixels can opt out of the rotation.
+    stored_layout = load_image(path, apply_exif_orientation=False)
+    assert stored_layout.size == (60, 30)
+    assert np.abs(np.asarray(stored_layout).astype(int)[7, 15] - RED).max() < 30
+    assert tuple(load_image_tensor(path, apply_exif_orientation=False).shape) == (3, 30, 60)
 
 
 def test_grayscale_l(tmp_path):

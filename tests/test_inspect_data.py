@@ -75,6 +75,26 @@ def test_vqa_and_detection_text_summaries(tmp_path, capsys):
     assert "bad_box: 1" in text
 
 
+def test_size_check_flags_exif_rotated_images(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 40 x 20, displayed 20 x 40
+    Image.new("RGB", (40, 20)).save(images / "rot.jpg", exif=exif.tobytes())
+    Image.new("RGB", (30, 30)).save(images / "odd.jpg")
+    Image.new("RGB", (16, 12)).save(images / "fine.jpg")
+    (tmp_path / "instances.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "rot.jpg", "width": 40, "height": 20},
+                   {"id": 2, "file_name": "odd.jpg", "width": 31, "height": 30},
+                   {"id": 3, "file_name": "fine.jpg", "width": 16, "height": 12}],
+        "annotations": [], "categories": [{"id": 1, "name": "thing"}],
+    }))
+    assert main(["inspect-data", str(tmp_path / "instances.json"), "--check-images"]) == 0
+    text = capsys.readouterr().out
+    assert "3 of 3 loaded" in text
+    assert "size_swapped        1" in text and "size_mismatch       1" in text
+
+
 def test_folder_inspects_every_annotation_file(tmp_path, capsys):
     root = _world(tmp_path)
     assert main(["inspect-data", str(root), "--json"]) == 0

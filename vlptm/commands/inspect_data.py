@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
         summary = _summarise(records, args.examples)
         if args.check_images:
-            summary["image_check"] = _check_images(records.image_paths(), args.limit, args.max_pixels)
+            summary["image_check"] = _check_images(
+                records.image_paths(), args.limit, args.max_pixels, _annotated_sizes(records)
+            )
         summaries.append(summary)
     if args.json:
         print(json.dumps(summaries[0] if not path.is_dir() else summaries, indent=2, ensure_ascii=False))
@@ -154,14 +156,33 @@ def _range_of(values: list[int]) -> dict[str, float]:
     return {"min": min(values), "mean": round(sum(values) / len(values), 2), "max": max(values)}
 
 
-def _check_images(paths: list[Path], limit: Optional[int], max_pixels: Optional[int]) -> dict[str, Any]:
-    """Loads each image with :func:`vlptm.data.images.load_image`; counts successes and errors by reason."""
+def _annotated_sizes(records) -> dict[Path, tuple[int, int]]:
+    """Image path -> (width, height) the annotation file states (detection records, or ``meta``)."""
+    sizes = {}
+    for r in records:
+        width = getattr(r, "width", None) or getattr(r, "meta", {}).get("width")
+        height = getattr(r, "height", None) or getattr(r, "meta", {}).get("height")
+        if isinstance(width, int) and isinstance(height, int):
+            sizes[r.path] = (width, height)
+    return sizes
+
+
+def _check_images(
+    paths: list[Path], limit: Optional[int], max_pixels: Optional[int], sizes: dict[Path, tuple[int, int]]
+) -> dict[str, Any]:
+    """Loads each image with :func:`vlptm.data.images.load_image`; counts successes and errors by reason.
+
+    Where the annotation file states an image's size, a loaded image of another size is counted as
+    ``size_mismatch``; ``size_swapped`` when only width and height differ, which usually means the
+    annotations were made on the stored pixels of a photo with an EXIF rotation (boxes would land in the
+    wrong place; load such data with ``apply_exif_orientation=False``)."""
     from vlptm.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
     chosen = paths if limit is None else paths[:limit]
     errors: Counter = Counter()
     examples: dict[str, list[str]] = {}
     widths, heights = [], []
+    mismatches: Counter = Counter()
     for path in chosen:
         try:
             image = load_image(path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
@@ -176,12 +197,19 @@ def _check_images(paths: list[Path], limit: Optional[int], max_pixels: Optional[
             continue
         widths.append(image.width)
         heights.append(image.height)
+        expected = sizes.get(path)
+        if expected is not None and image.size != expected:
+            kind = "size_swapped" if image.size == expected[::-1] else "size_mismatch"
+            mismatches[kind] += 1
+            if mismatches[kind] <= _LOG_PER_REASON:
+                log.warning("%s: %s, annotated %dx%d, loaded %dx%d", path, kind, *expected, *image.size)
     return {
         "checked": len(chosen),
         "of": len(paths),
         "ok": len(chosen) - sum(errors.values()),
         "errors": dict(errors.most_common()),
         "error_examples": examples,
+        "size_mismatches": dict(mismatches),
         "width": _range_of(widths),
         "height": _range_of(heights),
     }
@@ -210,6 +238,8 @@ def _format_text(summary: dict[str, Any]) -> str:
                      + (f" (first {check['checked']} of {check['of']} images)" if check["checked"] < check["of"] else ""))
         for reason, count in check["errors"].items():
             lines.append(f"    {reason:<20}{count}   e.g. {check['error_examples'][reason][0]}")
+        for kind, count in check["size_mismatches"].items():
+            lines.append(f"    {kind:<20}{count}   (loaded size differs from the annotated width/height)")
         if check["ok"]:
             row("image width", check["width"])
             row("image height", check["height"])

@@ -23,8 +23,9 @@ What it does, in order:
    ``not_an_image``; a file that ends early is ``truncated``; other decoder failures are ``corrupt``.
    A truncated file is an error, never a half-grey image (unless some other code has set PIL's global
    ``ImageFile.LOAD_TRUNCATED_IMAGES``, which this module leaves alone).
-4. Applies the EXIF orientation tag (``ImageOps.exif_transpose``); a broken EXIF block is logged and
-   ignored rather than losing the image.
+4. Applies the EXIF orientation tag (``ImageOps.exif_transpose``), unless ``apply_exif_orientation=False``
+   (for annotations made on the stored pixels); a broken EXIF block is logged and ignored rather than
+   losing the image.
 5. Converts any mode to RGB:
 
    - ``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``RGB`` through PIL's conversions;
@@ -103,7 +104,9 @@ class ImageLoadError(Exception):
         return (type(self), (self.path, self.reason, self.detail))
 
 
-def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(
+    source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS, apply_exif_orientation: bool = True
+) -> Image.Image:
     """Loads an image fully decoded, EXIF-oriented and converted to 8-bit RGB.
 
     Args:
@@ -111,10 +114,12 @@ def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
             ``memoryview`` (e.g. an HTTP upload), or a binary file object opened for reading.
         max_pixels: Largest ``width * height`` accepted, checked from the header before decoding;
             ``None`` disables this check (PIL's own global limit still applies).
+        apply_exif_orientation: Rotate/flip by the EXIF orientation tag (the default, what viewers and
+            annotation tools show). Pass ``False`` for annotations made in the stored pixel layout.
 
     Returns:
-        An ``RGB`` image, already decoded (no open file behind it), with the EXIF orientation applied,
-        so ``image.size`` is the displayed ``(width, height)``.
+        An ``RGB`` image, already decoded (no open file behind it), with the EXIF orientation applied
+        unless disabled, so ``image.size`` is the displayed ``(width, height)``.
 
     Raises:
         ImageLoadError: With ``reason`` in :data:`REASONS`.
@@ -126,18 +131,21 @@ def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     """
     label, stream = _open_source(source)
     try:
-        return _decode(label, stream, max_pixels)
+        return _decode(label, stream, max_pixels, apply_exif_orientation)
     finally:
         if isinstance(source, (str, os.PathLike)):
             stream.close()
 
 
-def load_image_tensor(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "torch.Tensor":
+def load_image_tensor(
+    source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS, apply_exif_orientation: bool = True
+) -> "torch.Tensor":
     """Loads an image like :func:`load_image` and returns its pixels as a tensor.
 
     Args:
         source: As for :func:`load_image`.
         max_pixels: As for :func:`load_image`.
+        apply_exif_orientation: As for :func:`load_image`.
 
     Returns:
         A contiguous ``uint8`` tensor of shape ``(3, H, W)`` in RGB order, values 0-255 (the layout
@@ -148,7 +156,8 @@ def load_image_tensor(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_
     """
     import torch
 
-    pixels = np.array(load_image(source, max_pixels=max_pixels), dtype=np.uint8)  # (H, W, 3)
+    image = load_image(source, max_pixels=max_pixels, apply_exif_orientation=apply_exif_orientation)
+    pixels = np.array(image, dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
@@ -178,7 +187,7 @@ def _open_source(source: ImageSource) -> tuple[str, IO[bytes]]:
         raise ImageLoadError(path, "unreadable", str(err)) from err
 
 
-def _decode(label: str, stream: IO[bytes], max_pixels: int | None) -> Image.Image:
+def _decode(label: str, stream: IO[bytes], max_pixels: int | None, apply_exif_orientation: bool) -> Image.Image:
     """Opens the header, checks the size, decodes frame 0, orients and converts to RGB."""
     try:
         with warnings.catch_warnings():
@@ -204,7 +213,8 @@ def _decode(label: str, stream: IO[bytes], max_pixels: int | None) -> Image.Imag
             raise ImageLoadError(label, "too_large", str(err)) from err
         except Exception as err:  # OSError, SyntaxError, EOFError, ValueError, struct.error, zlib.error ...
             raise ImageLoadError(label, _decode_failure_reason(err), f"{type(err).__name__}: {err}") from err
-        image = _apply_exif_orientation(label, image)
+        if apply_exif_orientation:
+            image = _apply_exif_orientation(label, image)
         return _to_rgb(label, image)
 
 
