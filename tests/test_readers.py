@@ -104,7 +104,8 @@ def _coco_instances(tmp_path: Path, attributes: bool = False) -> Path:
     data = {
         "images": [
             {"id": 9, "file_name": "000000000009.jpg", "width": 640, "height": 480},
-            {"id": 25, "file_name": "000000000025.jpg", "width": 427, "height": 640},  # no boxes
+            {"id": 25, "file_name": "000000000025.jpg", "width": 427.0, "height": 640},  # no boxes; float width
+            {"id": 30, "file_name": "000000000030.jpg", "width": 0, "height": 640},  # impossible size
         ],
         "annotations": annotations,
         "categories": [
@@ -140,7 +141,7 @@ def test_coco_instances(tmp_path):
         ),
         DetectionRecord("25", tmp_path / "train2017" / "000000000025.jpg", 427, 640, [], [], [], [], "train2017"),
     ]
-    assert result.skipped == {"bad_box": 3, "unknown_category": 1, "missing_key": 1}
+    assert result.skipped == {"bad_image_size": 1, "bad_box": 3, "unknown_category": 1, "missing_key": 1}
 
 
 def test_coco_instances_with_attributes(tmp_path):
@@ -153,7 +154,7 @@ def test_coco_instances_with_attributes(tmp_path):
 def test_malformed_entries_are_logged(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="vlptm.data.readers"):
         read_coco_instances(_coco_instances(tmp_path))
-    assert "bad_box" in caplog.text and "skipped 5 entries" in caplog.text
+    assert "bad_box" in caplog.text and "skipped 6 entries" in caplog.text
 
 
 # --- Karpathy --------------------------------------------------------------------------------------------

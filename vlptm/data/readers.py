@@ -66,7 +66,7 @@ class CaptionRecord:
     Attributes:
         image_id: The data set's image id as a string (COCO id, Flickr file stem, ...).
         path: The image file (image root joined with the file name); it may not exist.
-        captions: Non-empty, stripped captions in file order.
+        captions: Non-empty captions in file order, with runs of whitespace collapsed to one space.
         split: ``"train"``, ``"val"``, ``"test"``, ``"restval"``, ``"train2017"``, ... or ``None`` if unknown.
         meta: Extra per-image keys the file carried (e.g. ``width``, ``height``, ``license``).
     """
@@ -298,6 +298,13 @@ def _id_string(value: Any) -> Optional[str]:
     return None
 
 
+def _pixel_count(value: Any) -> Optional[int]:
+    """A positive whole number (``640`` or ``640.0``) as int, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value <= 0:
+        return None
+    return int(value)
+
+
 def _split_from_name(path: Path, pattern: str) -> Optional[str]:
     match = re.search(pattern, path.name)
     return match.group(1) if match else None
@@ -450,8 +457,8 @@ def _coco_instances_from(data: Any, path: Path, image_root: Optional[PathLike], 
     keep = _split_matcher(split)
     records: dict[Any, DetectionRecord] = {}
     for image_id, image in images.items():
-        width, height = image.get("width"), image.get("height")
-        if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+        width, height = _pixel_count(image.get("width")), _pixel_count(image.get("height"))
+        if width is None or height is None:
             skip("bad_image_size", f"image {image_id}")
             continue
         image_split = image.get("split", subset)
