@@ -1,0 +1,151 @@
+"""Training-step throughput of vlptm's encoders against transformers' LXMERT and VisualBERT, in one run.
+
+Pairs, each on an identical config, batch and weights (transformers' random weights are copied into
+vlptm's encoder with ``load_lxmert`` / ``load_visualbert``):
+
+- ``DualStreamEncoder`` vs ``transformers.LxmertModel``
+- ``SingleStreamEncoder`` vs ``transformers.VisualBertModel``
+
+A step is forward + backward of the same scalar loss on all outputs (no optimizer) in train mode (dropout
+on). Each pair is timed under fp32 and under bf16 autocast. Measurements are interleaved (A, B, B, A, ...)
+and the medians compared, since the machine is shared and noisy. Ratio = transformers time / vlptm time
+(> 1: vlptm is faster).
+
+Run:
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_encoders.py            # hidden 384, B=32, T=20, R=36
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_encoders.py --hidden 768 --heads 12 --repeats 7
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+
+def _batch(batch_size: int, text_len: int, regions: int, feat_dim: int, pos_dim: int, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(text_len // 2, text_len + 1, (batch_size,), generator=gen)
+    mask = (torch.arange(text_len)[None] < lengths[:, None]).long()  # (B, T)
+    ids = torch.randint(1000, 30000, (batch_size, text_len), generator=gen) * mask  # (B, T)
+    boxes = torch.rand(batch_size, regions, pos_dim, generator=gen)  # (B, R, P)
+    return {
+        "input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
+        "region_feats": torch.rand(batch_size, regions, feat_dim, generator=gen),  # (B, R, D)
+        "region_pos": boxes, "region_mask": torch.ones(batch_size, regions, dtype=torch.long),
+    }
+
+
+def _loss(*tensors: torch.Tensor) -> torch.Tensor:
+    return sum(t.float().pow(2).mean() for t in tensors)
+
+
+def _step_fn(model: torch.nn.Module, forward: Callable[[], tuple], bf16: bool) -> Callable[[], float]:
+    def step() -> float:
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        start = time.perf_counter()
+        with context:
+            outputs = forward()
+        _loss(*outputs).backward()
+        elapsed = time.perf_counter() - start
+        model.zero_grad(set_to_none=True)
+        return elapsed
+
+    return step
+
+
+def _pairs(args: argparse.Namespace):
+    from transformers import LxmertConfig, LxmertModel, VisualBertConfig, VisualBertModel
+
+    from vlptm.models import (DualStreamEncoder, SingleStreamEncoder, infer_lxmert_config, infer_visualbert_config,
+                              load_lxmert, load_visualbert)
+
+    common = dict(hidden_size=args.hidden, num_attention_heads=args.heads, intermediate_size=4 * args.hidden)
+    torch.manual_seed(0)
+    lxmert = LxmertModel(LxmertConfig(l_layers=args.l_layers, r_layers=args.r_layers, x_layers=args.x_layers,
+                                      visual_feat_dim=args.feat_dim, visual_pos_dim=4, **common)).train()
+    dual = DualStreamEncoder(infer_lxmert_config(lxmert.state_dict(), num_attention_heads=args.heads)).train()
+    load_lxmert(dual, lxmert.state_dict(), strict=True)
+    visualbert = VisualBertModel(VisualBertConfig(num_hidden_layers=args.layers, visual_embedding_dim=args.feat_dim,
+                                                  **common)).train()
+    single = SingleStreamEncoder(infer_visualbert_config(visualbert.state_dict(), num_attention_heads=args.heads)
+                                 ).train()
+    load_visualbert(single, visualbert.state_dict(), strict=True)
+
+    b4 = _batch(args.batch, args.text_len, args.regions, args.feat_dim, 4)
+    b0 = {k: v for k, v in b4.items() if k != "region_pos"}
+
+    def hf_lxmert():
+        o = lxmert(input_ids=b4["input_ids"], attention_mask=b4["attention_mask"], token_type_ids=b4["token_type_ids"],
+                   visual_feats=b4["region_feats"], visual_pos=b4["region_pos"], visual_attention_mask=b4["region_mask"])
+        return o.language_output, o.vision_output, o.pooled_output
+
+    def ours_dual():
+        o = dual(b4)
+        return o.text_hidden, o.region_hidden, o.pooled
+
+    def hf_visualbert():
+        o = visualbert(input_ids=b0["input_ids"], attention_mask=b0["attention_mask"],
+                       token_type_ids=b0["token_type_ids"], visual_embeds=b0["region_feats"],
+                       visual_attention_mask=b0["region_mask"])
+        return o.last_hidden_state, o.pooler_output
+
+    def ours_single():
+        o = single(b0)
+        return o.text_hidden, o.region_hidden, o.pooled
+
+    return [
+        ("dual stream vs LxmertModel", (lxmert, hf_lxmert), (dual, ours_dual)),
+        ("single stream vs VisualBertModel", (visualbert, hf_visualbert), (single, ours_single)),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=384)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--layers", type=int, default=6, help="single stream / VisualBERT layers")
+    parser.add_argument("--l-layers", type=int, default=6)
+    parser.add_argument("--r-layers", type=int, default=3)
+    parser.add_argument("--x-layers", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--text-len", type=int, default=20)
+    parser.add_argument("--regions", type=int, default=36)
+    parser.add_argument("--feat-dim", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=9, help="timed steps per model and precision")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; hidden {args.hidden}, {args.heads} heads, "
+          f"B={args.batch}, T={args.text_len}, R={args.regions}, D={args.feat_dim}; dual {args.l_layers}/"
+          f"{args.r_layers}/{args.x_layers}, single {args.layers} layers; {args.repeats} interleaved steps each")
+    rows: List[Dict[str, object]] = []
+    for title, (hf_model, hf_fwd), (our_model, our_fwd) in _pairs(args):
+        for bf16 in (False, True):
+            hf_step, our_step = _step_fn(hf_model, hf_fwd, bf16), _step_fn(our_model, our_fwd, bf16)
+            for _ in range(args.warmup):
+                hf_step(), our_step()
+            hf_times, our_times = [], []
+            for i in range(args.repeats):
+                order = ((hf_step, hf_times), (our_step, our_times))
+                for step, times in (order if i % 2 == 0 else order[::-1]):
+                    times.append(step())
+            hf_t, our_t = statistics.median(hf_times), statistics.median(our_times)
+            rows.append(dict(pair=title, precision="bf16 autocast" if bf16 else "fp32", hf=hf_t, ours=our_t,
+                             ratio=hf_t / our_t))
+            print(f"  {title:34s} {rows[-1]['precision']:13s} transformers {hf_t * 1e3:8.1f} ms  vlptm "
+                  f"{our_t * 1e3:8.1f} ms  speed-up x{hf_t / our_t:.2f}", flush=True)
+    print("\nsummary (goal: >= 1.00 in fp32, >= 1.30 under bf16 autocast)")
+    for row in rows:
+        goal = 1.3 if row["precision"] != "fp32" else 1.0
+        verdict = "meets goal" if row["ratio"] >= goal else "MISSES goal"
+        print(f"  {row['pair']:34s} {row['precision']:13s} x{row['ratio']:.2f}  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
