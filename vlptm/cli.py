@@ -18,6 +18,8 @@ _COMMAND_MODULES = (
     "vlptm.commands.demo",
     "vlptm.commands.check_store",
     "vlptm.commands.convert_features",
+    "vlptm.commands.extract",
+    "vlptm.commands.train_detector",
 )
 
 
