@@ -761,7 +761,7 @@ def _vqa2_from(
         answers: list[str] = []
         meta: dict[str, Any] = {}
         if ann is not None:
-            answers = [a["answer"].strip() for a in ann["answers"] if isinstance(a, dict) and _clean_text(a.get("answer"))]
+            answers = _vqa_answers(ann["answers"])
             if not answers:
                 skip("no_answers", where)
                 continue
@@ -783,6 +783,18 @@ def _vqa2_from(
             )
         )
     return RecordSet("vqa2", path, root, records, skip.report())
+
+
+def _vqa_answers(entries: list) -> list[str]:
+    """The stripped non-empty ``answer`` strings of VQA answer dicts (a hot loop: 4.4M answers in train)."""
+    answers = []
+    for entry in entries:
+        text = entry.get("answer") if isinstance(entry, dict) else None
+        if isinstance(text, str):
+            text = text.strip()
+            if text:
+                answers.append(text)
+    return answers
 
 
 # --------------------------------------------------------------------------------------------------------
