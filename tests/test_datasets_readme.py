@@ -99,7 +99,8 @@ def _shared_data_commands() -> list[tuple[list[str], dict[str, int]]]:
     for line in README.read_text().splitlines():
         if line.startswith("vlptm inspect-data ../shared/data"):
             command, _, comment = line.partition("#")
-            counts = {word: int(number.replace(",", "")) for number, word in re.findall(r"(\d[\d,]*) ([a-z]+)", comment)}
+            pairs = re.findall(r"(\d[\d,]*) ([a-z]+)", comment)
+            counts = {word: int(number.replace(",", "")) for number, word in pairs}
             commands.append((shlex.split(command)[1:], counts))
     return commands
 

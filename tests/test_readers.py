@@ -1,4 +1,5 @@
 """Readers: small fixture files in each real format read back with exact values, plus the shared data."""
+
 from __future__ import annotations
 
 import json
@@ -114,7 +115,10 @@ def _coco_instances(tmp_path: Path, attributes: bool = False) -> Path:
         ],
     }
     if attributes:
-        data["attribute_categories"] = [{"id": 1, "name": "red", "type": "color"}, {"id": 2, "name": "small", "type": "size"}]
+        data["attribute_categories"] = [
+            {"id": 1, "name": "red", "type": "color"},
+            {"id": 2, "name": "small", "type": "size"},
+        ]
         annotations[0]["attribute_ids"] = [1, 2]
         annotations[1]["attribute_ids"] = [2]
     return _write_json(tmp_path / "instances_train2017.json", data)
@@ -125,7 +129,10 @@ def test_coco_instances(tmp_path):
     assert detect_format(path) == "coco_instances"
     result = read_records(path, image_root=tmp_path / "train2017")
     assert result.format == "coco_instances"
-    assert [(c.id, c.name, c.supercategory) for c in result.categories] == [(1, "person", "person"), (3, "car", "vehicle")]
+    assert [(c.id, c.name, c.supercategory) for c in result.categories] == [
+        (1, "person", "person"),
+        (3, "car", "vehicle"),
+    ]
     assert result.attribute_categories == []
     assert result.records == [
         DetectionRecord(
@@ -146,7 +153,10 @@ def test_coco_instances(tmp_path):
 
 def test_coco_instances_with_attributes(tmp_path):
     result = read_coco_instances(_coco_instances(tmp_path, attributes=True))
-    assert [(a.id, a.name, a.supercategory) for a in result.attribute_categories] == [(1, "red", "color"), (2, "small", "size")]
+    assert [(a.id, a.name, a.supercategory) for a in result.attribute_categories] == [
+        (1, "red", "color"),
+        (2, "small", "size"),
+    ]
     assert result[0].attribute_ids == [[1, 2], [2]]
     assert result.image_root == tmp_path  # neither ../train2017 nor images/ exists: the file's folder
 
@@ -166,16 +176,41 @@ def test_karpathy(tmp_path):
         {
             "dataset": "coco",
             "images": [
-                {"filepath": "val2014", "filename": "COCO_val2014_000000391895.jpg", "imgid": 0, "split": "test",
-                 "cocoid": 391895, "sentids": [0, 1],
-                 "sentences": [{"raw": "A man with a red helmet on a small moped on a dirt road. ", "tokens": ["a"]},
-                               {"raw": "Man riding a motor bike on a dirt road on the countryside.", "tokens": ["man"]}]},
-                {"filepath": "val2014", "filename": "COCO_val2014_000000522418.jpg", "imgid": 1, "split": "restval",
-                 "cocoid": 522418, "sentences": [{"raw": "A woman wearing a net on her head cutting a cake."}]},
-                {"filepath": "train2014", "filename": "COCO_train2014_000000318556.jpg", "imgid": 2, "split": "train",
-                 "cocoid": 318556, "sentences": [{"raw": "A very clean and well decorated empty bathroom"}]},
-                {"filepath": "train2014", "filename": "COCO_train2014_000000000001.jpg", "split": "train",
-                 "cocoid": 1, "sentences": [{"raw": ""}]},  # only an empty sentence
+                {
+                    "filepath": "val2014",
+                    "filename": "COCO_val2014_000000391895.jpg",
+                    "imgid": 0,
+                    "split": "test",
+                    "cocoid": 391895,
+                    "sentids": [0, 1],
+                    "sentences": [
+                        {"raw": "A man with a red helmet on a small moped on a dirt road. ", "tokens": ["a"]},
+                        {"raw": "Man riding a motor bike on a dirt road on the countryside.", "tokens": ["man"]},
+                    ],
+                },
+                {
+                    "filepath": "val2014",
+                    "filename": "COCO_val2014_000000522418.jpg",
+                    "imgid": 1,
+                    "split": "restval",
+                    "cocoid": 522418,
+                    "sentences": [{"raw": "A woman wearing a net on her head cutting a cake."}],
+                },
+                {
+                    "filepath": "train2014",
+                    "filename": "COCO_train2014_000000318556.jpg",
+                    "imgid": 2,
+                    "split": "train",
+                    "cocoid": 318556,
+                    "sentences": [{"raw": "A very clean and well decorated empty bathroom"}],
+                },
+                {
+                    "filepath": "train2014",
+                    "filename": "COCO_train2014_000000000001.jpg",
+                    "split": "train",
+                    "cocoid": 1,
+                    "sentences": [{"raw": ""}],
+                },  # only an empty sentence
                 {"filepath": "train2014", "split": "train", "sentences": []},  # no filename
             ],
         },
@@ -186,7 +221,10 @@ def test_karpathy(tmp_path):
     assert result[0] == CaptionRecord(
         "391895",
         tmp_path / "coco" / "val2014" / "COCO_val2014_000000391895.jpg",
-        ["A man with a red helmet on a small moped on a dirt road.", "Man riding a motor bike on a dirt road on the countryside."],
+        [
+            "A man with a red helmet on a small moped on a dirt road.",
+            "Man riding a motor bike on a dirt road on the countryside.",
+        ],
         "test",
     )
     assert result.skipped == {"empty_caption": 1, "no_captions": 1, "missing_key": 1}
@@ -199,10 +237,19 @@ def test_karpathy(tmp_path):
 def test_karpathy_flickr30k_without_filepath(tmp_path):
     path = _write_json(
         tmp_path / "dataset_flickr30k.json",
-        {"dataset": "flickr30k", "images": [
-            {"filename": "1000092795.jpg", "imgid": 0, "split": "train",
-             "sentences": [{"raw": "Two young guys with shaggy hair look at their hands while hanging out in the yard."}]},
-        ]},
+        {
+            "dataset": "flickr30k",
+            "images": [
+                {
+                    "filename": "1000092795.jpg",
+                    "imgid": 0,
+                    "split": "train",
+                    "sentences": [
+                        {"raw": "Two young guys with shaggy hair look at their hands while hanging out in the yard."}
+                    ],
+                },
+            ],
+        },
     )
     result = read_records(path, image_root=tmp_path / "flickr30k-images")
     assert result[0].image_id == "1000092795"
@@ -234,8 +281,10 @@ def test_flickr8k_token_with_split_lists(tmp_path):
         CaptionRecord(
             "1000268201_693b08cb0e",
             text_dir / "Flicker8k_Dataset" / "1000268201_693b08cb0e.jpg",
-            ["A child in a pink dress is climbing up a set of stairs in an entry way .",  # ordered by #n
-             "A girl going into a wooden building ."],
+            [
+                "A child in a pink dress is climbing up a set of stairs in an entry way .",  # ordered by #n
+                "A girl going into a wooden building .",
+            ],
             "train",
         ),
         CaptionRecord(
@@ -278,26 +327,55 @@ def test_flickr30k_token_and_csv(tmp_path):
 def _vqa2_files(tmp_path: Path) -> tuple[Path, Path]:
     questions = _write_json(
         tmp_path / "vqa2" / "v2_OpenEnded_mscoco_val2014_questions.json",
-        {"info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "data_subtype": "val2014", "license": {},
-         "questions": [
-             {"image_id": 262148, "question": "Where is he looking?", "question_id": 262148000},
-             {"image_id": 262148, "question": "What are the people in the background doing?", "question_id": 262148001},
-             {"image_id": 393225, "question": "Is this a bowl?", "question_id": 393225000},  # not annotated
-             {"image_id": 393226, "question_id": 393226000},  # no question text
-         ]},
+        {
+            "info": {},
+            "task_type": "Open-Ended",
+            "data_type": "mscoco",
+            "data_subtype": "val2014",
+            "license": {},
+            "questions": [
+                {"image_id": 262148, "question": "Where is he looking?", "question_id": 262148000},
+                {
+                    "image_id": 262148,
+                    "question": "What are the people in the background doing?",
+                    "question_id": 262148001,
+                },
+                {"image_id": 393225, "question": "Is this a bowl?", "question_id": 393225000},  # not annotated
+                {"image_id": 393226, "question_id": 393226000},  # no question text
+            ],
+        },
     )
     answers_1 = ["down"] * 7 + ["at table", "skateboard", "table"]
     answers_2 = ["watching"] * 4 + ["spectating"] * 3 + ["standing", "watching", "watching"]
     annotations = _write_json(
         tmp_path / "vqa2" / "v2_mscoco_val2014_annotations.json",
-        {"info": {}, "license": {}, "data_subtype": "val2014", "annotations": [
-            {"question_type": "none of the above", "multiple_choice_answer": "down", "image_id": 262148,
-             "answer_type": "other", "question_id": 262148000,
-             "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers_1)]},
-            {"question_type": "what are the", "multiple_choice_answer": "watching", "image_id": 262148,
-             "answer_type": "other", "question_id": 262148001,
-             "answers": [{"answer": a, "answer_confidence": "maybe", "answer_id": i + 1} for i, a in enumerate(answers_2)]},
-        ]},
+        {
+            "info": {},
+            "license": {},
+            "data_subtype": "val2014",
+            "annotations": [
+                {
+                    "question_type": "none of the above",
+                    "multiple_choice_answer": "down",
+                    "image_id": 262148,
+                    "answer_type": "other",
+                    "question_id": 262148000,
+                    "answers": [
+                        {"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers_1)
+                    ],
+                },
+                {
+                    "question_type": "what are the",
+                    "multiple_choice_answer": "watching",
+                    "image_id": 262148,
+                    "answer_type": "other",
+                    "question_id": 262148001,
+                    "answers": [
+                        {"answer": a, "answer_confidence": "maybe", "answer_id": i + 1} for i, a in enumerate(answers_2)
+                    ],
+                },
+            ],
+        },
     )
     return questions, annotations
 
@@ -334,8 +412,10 @@ def test_vqa2_with_annotations(tmp_path):
 def test_vqa2_test_split_without_annotations(tmp_path):
     questions = _write_json(
         tmp_path / "v2_OpenEnded_mscoco_test-dev2015_questions.json",
-        {"data_subtype": "test-dev2015", "questions": [
-            {"image_id": 1, "question": "What color is the cat?", "question_id": 10}]},
+        {
+            "data_subtype": "test-dev2015",
+            "questions": [{"image_id": 1, "question": "What color is the cat?", "question_id": 10}],
+        },
     )
     result = read_records(questions)
     record = result[0]
@@ -376,7 +456,12 @@ def test_daquar_original_text(tmp_path):
     result = read_daquar(path)
     assert result.format == "daquar"
     assert [(r.question_id, r.image_id, r.question, r.answers) for r in result] == [
-        ("0", "image3", "what is on the right side of the black telephone and on the left side of the red chair?", ["desk"]),
+        (
+            "0",
+            "image3",
+            "what is on the right side of the black telephone and on the left side of the red chair?",
+            ["desk"],
+        ),
         ("1", "image12", "what is on the table?", ["cup", "book", "garbage_bin"]),
         ("2", "image12", "how many chairs are at the table?", ["4"]),
         ("3", "image912", "what is the object in the image close to the wall?", ["lamp"]),
@@ -397,8 +482,15 @@ def test_simple_captions(tmp_path):
     path = _write_json(
         tmp_path / "captions.json",
         [
-            {"image": "000000493652.jpg", "captions": ["Living room decorated for Christmas", ""], "split": "train2017",
-             "coco_id": 493652, "width": 640, "height": 399, "license": 3},
+            {
+                "image": "000000493652.jpg",
+                "captions": ["Living room decorated for Christmas", ""],
+                "split": "train2017",
+                "coco_id": 493652,
+                "width": 640,
+                "height": 399,
+                "license": 3,
+            },
             {"image": "b.jpg", "captions": ["a dog"], "image_id": 7},
             {"image": "c.jpg", "captions": []},
             {"captions": ["no image key"]},
@@ -408,8 +500,13 @@ def test_simple_captions(tmp_path):
     assert detect_format(path) == "simple_captions"
     result = read_simple_captions(path)
     assert result.records == [
-        CaptionRecord("493652", tmp_path / "images" / "000000493652.jpg", ["Living room decorated for Christmas"],
-                      "train2017", {"coco_id": 493652, "width": 640, "height": 399, "license": 3}),
+        CaptionRecord(
+            "493652",
+            tmp_path / "images" / "000000493652.jpg",
+            ["Living room decorated for Christmas"],
+            "train2017",
+            {"coco_id": 493652, "width": 640, "height": 399, "license": 3},
+        ),
         CaptionRecord("7", tmp_path / "images" / "b.jpg", ["a dog"], None, {}),
     ]
     assert result.skipped == {"empty_caption": 1, "no_captions": 1, "missing_key": 1}
@@ -419,11 +516,27 @@ def test_simple_vqa_gold_sets_and_counts(tmp_path):
     path = _write_json(
         tmp_path / "vqa.json",
         [
-            {"image": "image12.jpg", "question": "what is on the table?", "answers": ["cup", "book", "cup"], "split": "train"},
-            {"image": "000001.jpg", "question": "how many circles are there?", "answers": ["two"], "split": "val",
-             "question_type": "count", "answer_type": "number", "question_id": "q9"},
-            {"image": "x.jpg", "question": "what is it?", "answers": ["cat", "cat", "dog"],
-             "answer_counts": {"cat": 2, "dog": 1}},
+            {
+                "image": "image12.jpg",
+                "question": "what is on the table?",
+                "answers": ["cup", "book", "cup"],
+                "split": "train",
+            },
+            {
+                "image": "000001.jpg",
+                "question": "how many circles are there?",
+                "answers": ["two"],
+                "split": "val",
+                "question_type": "count",
+                "answer_type": "number",
+                "question_id": "q9",
+            },
+            {
+                "image": "x.jpg",
+                "question": "what is it?",
+                "answers": ["cat", "cat", "dog"],
+                "answer_counts": {"cat": 2, "dog": 1},
+            },
             {"image": "y.jpg", "question": "  ", "answers": ["a"]},
             {"image": "z.jpg", "question": "what?", "answers": []},
             {"image": "w.jpg", "question": "what?", "answers": ["a"], "answer_counts": {"a": 0}},
@@ -432,12 +545,25 @@ def test_simple_vqa_gold_sets_and_counts(tmp_path):
     assert detect_format(path) == "simple_vqa"
     result = read_simple_vqa(path)
     assert result.records[0] == QuestionRecord(
-        "0", "image12", tmp_path / "image12.jpg", "what is on the table?", ["cup", "book"], {"cup": 1, "book": 1},
-        "train", None, None, True, {},
+        "0",
+        "image12",
+        tmp_path / "image12.jpg",
+        "what is on the table?",
+        ["cup", "book"],
+        {"cup": 1, "book": 1},
+        "train",
+        None,
+        None,
+        True,
+        {},
     )
     assert (result[1].question_id, result[1].question_type, result[1].answer_type) == ("q9", "count", "number")
     counted = result[2]
-    assert (counted.multi_label, counted.answers, counted.answer_counts) == (False, ["cat", "cat", "dog"], {"cat": 2, "dog": 1})
+    assert (counted.multi_label, counted.answers, counted.answer_counts) == (
+        False,
+        ["cat", "cat", "dog"],
+        {"cat": 2, "dog": 1},
+    )
     assert result.skipped == {"empty_question": 1, "no_answers": 1, "bad_answer_counts": 1}
     assert [r.question_id for r in read_records(path, split="val")] == ["q9"]
 
@@ -472,8 +598,18 @@ def test_wrong_format_raises_clear_errors(tmp_path):
         read_records(tmp_path / "nope.json")
     with pytest.raises(TypeError, match="merge_restval"):
         read_records(vqa, merge_restval=True)
-    assert set(readers.FORMATS) >= {"coco_captions", "coco_instances", "karpathy", "flickr_token", "flickr30k_csv",
-                                    "vqa2_questions", "vqa2_annotations", "daquar", "simple_captions", "simple_vqa"}
+    assert set(readers.FORMATS) >= {
+        "coco_captions",
+        "coco_instances",
+        "karpathy",
+        "flickr_token",
+        "flickr30k_csv",
+        "vqa2_questions",
+        "vqa2_annotations",
+        "daquar",
+        "simple_captions",
+        "simple_vqa",
+    }
 
 
 # --- the shared development data (skips when absent) -----------------------------------------------------

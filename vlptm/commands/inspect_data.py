@@ -234,8 +234,8 @@ def _format_text(summary: dict[str, Any]) -> str:
         lines.append("  example  " + json.dumps(example, ensure_ascii=False))
     check = summary.get("image_check")
     if check is not None:
-        lines.append(f"  image check           {check['ok']} of {check['checked']} loaded"
-                     + (f" (first {check['checked']} of {check['of']} images)" if check["checked"] < check["of"] else ""))
+        partial = f" (first {check['checked']} of {check['of']} images)" if check["checked"] < check["of"] else ""
+        lines.append(f"  image check           {check['ok']} of {check['checked']} loaded{partial}")
         for reason, count in check["errors"].items():
             lines.append(f"    {reason:<20}{count}   e.g. {check['error_examples'][reason][0]}")
         for kind, count in check["size_mismatches"].items():

@@ -48,7 +48,6 @@ import io
 import logging
 import os
 import warnings
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Union
 
 import numpy as np

@@ -298,8 +298,8 @@ def _id_string(value: Any) -> Optional[str]:
     return None
 
 
-def _pixel_count(value: Any) -> Optional[int]:
-    """A positive whole number (``640`` or ``640.0``) as int, else None."""
+def _positive_int(value: Any) -> Optional[int]:
+    """A positive whole number (``640`` or ``640.0``; not ``True``) as int, else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value <= 0:
         return None
     return int(value)
@@ -325,7 +325,8 @@ def _coco_image_root(path: Path, subset: Optional[str]) -> list[Path]:
 def _coco_images(data: dict, path: Path, skip: _Skips) -> dict[Any, dict]:
     images = {}
     for i, image in enumerate(data.get("images") or []):
-        if not isinstance(image, dict) or _id_string(image.get("id")) is None or not _clean_text(image.get("file_name")):
+        valid = isinstance(image, dict) and _id_string(image.get("id")) is not None
+        if not valid or not _clean_text(image.get("file_name")):
             skip("bad_image_entry", f"images[{i}]")
             continue
         images[image["id"]] = image
@@ -357,7 +358,9 @@ def _coco_captions_from(data: Any, path: Path, image_root: Optional[PathLike], s
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
         data.get("annotations"), list
     ):
-        raise DatasetFormatError(f"{path} is not COCO captions JSON: expected an object with 'images' and 'annotations'")
+        raise DatasetFormatError(
+            f"{path} is not COCO captions JSON: expected an object with 'images' and 'annotations'"
+        )
     if data["annotations"] and not any(isinstance(a, dict) and "caption" in a for a in data["annotations"][:50]):
         raise DatasetFormatError(f"{path} is not COCO captions JSON: its annotations have no 'caption' (instances?)")
     subset = _split_from_name(path, r"captions_(\w+?)\.json$")
@@ -420,7 +423,7 @@ def _categories(entries: Any, path: Path, key: str) -> list[Category]:
         raise DatasetFormatError(f"{path}: '{key}' must be a list")
     categories = []
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or not isinstance(entry.get("name"), str):
+        if not (isinstance(entry, dict) and isinstance(entry.get("id"), int) and isinstance(entry.get("name"), str)):
             raise DatasetFormatError(f"{path}: {key}[{i}] needs an integer 'id' and a string 'name'")
         categories.append(Category(entry["id"], entry["name"], entry.get("supercategory", entry.get("type"))))
     return categories
@@ -457,7 +460,7 @@ def _coco_instances_from(data: Any, path: Path, image_root: Optional[PathLike], 
     keep = _split_matcher(split)
     records: dict[Any, DetectionRecord] = {}
     for image_id, image in images.items():
-        width, height = _pixel_count(image.get("width")), _pixel_count(image.get("height"))
+        width, height = _positive_int(image.get("width")), _positive_int(image.get("height"))
         if width is None or height is None:
             skip("bad_image_size", f"image {image_id}")
             continue
@@ -539,7 +542,8 @@ def _karpathy_from(
         "flickr8k": [path.parent.parent / "flickr8k" / "Flicker8k_Dataset", path.parent / "Flicker8k_Dataset"],
     }.get(name, [])
     # A Karpathy file never sits beside its images, so an unknown layout falls back to the documented one.
-    root = _image_root(image_root, defaults + [path.parent / "images"] if defaults else [path.parent / "images", path.parent])
+    candidates = defaults + [path.parent / "images"] if defaults else [path.parent / "images", path.parent]
+    root = _image_root(image_root, candidates)
     skip = _Skips(path)
     keep = _split_matcher(split)
     records = []
@@ -733,7 +737,9 @@ def _vqa2_from(
     answers_by_question: dict[Any, dict] = {}
     if annotations is not None:
         if not isinstance(annotations, dict) or not isinstance(annotations.get("annotations"), list):
-            raise DatasetFormatError(f"{annotations_path} is not a VQA annotations file: expected an 'annotations' list")
+            raise DatasetFormatError(
+                f"{annotations_path} is not a VQA annotations file: expected an 'annotations' list"
+            )
         for i, ann in enumerate(annotations["annotations"]):
             if not isinstance(ann, dict) or "question_id" not in ann or not isinstance(ann.get("answers"), list):
                 skip("bad_annotation", f"annotations[{i}]")
@@ -928,7 +934,9 @@ def _simple_captions_from(data: Any, path: Path, image_root: Optional[PathLike],
     records = []
     for i, entry in enumerate(entries):
         where = f"entry {i}"
-        if not isinstance(entry, dict) or not _clean_text(entry.get("image")) or not isinstance(entry.get("captions"), list):
+        if not isinstance(entry, dict) or not _clean_text(entry.get("image")) or not isinstance(
+            entry.get("captions"), list
+        ):
             skip("missing_key", where)
             continue
         if not keep(entry.get("split")):
@@ -938,7 +946,8 @@ def _simple_captions_from(data: Any, path: Path, image_root: Optional[PathLike],
             skip("no_captions", where)
             continue
         meta = {k: v for k, v in entry.items() if k not in _SIMPLE_CAPTION_KEYS}
-        records.append(CaptionRecord(_simple_image_id(entry), root / entry["image"], captions, entry.get("split"), meta))
+        image_id = _simple_image_id(entry)
+        records.append(CaptionRecord(image_id, root / entry["image"], captions, entry.get("split"), meta))
     return RecordSet("simple_captions", path, root, records, skip.report())
 
 
@@ -973,7 +982,7 @@ def _simple_vqa_from(data: Any, path: Path, image_root: Optional[PathLike], spli
     records = []
     for i, entry in enumerate(entries):
         where = f"entry {i}"
-        if not isinstance(entry, dict) or not _clean_text(entry.get("image")) or not isinstance(entry.get("answers"), list):
+        if not (isinstance(entry, dict) and _clean_text(entry.get("image")) and isinstance(entry.get("answers"), list)):
             skip("missing_key", where)
             continue
         question = _clean_text(entry.get("question"))
@@ -987,12 +996,12 @@ def _simple_vqa_from(data: Any, path: Path, image_root: Optional[PathLike], spli
         counts = entry.get("answer_counts")
         if counts is not None:
             valid = isinstance(counts, dict) and all(
-                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0 for k, v in counts.items()
+                isinstance(k, str) and _positive_int(v) is not None for k, v in counts.items()
             )
             if not valid or not counts:
                 skip("bad_answer_counts", where)
                 continue
-            answer_counts = dict(counts)
+            answer_counts = {k: _positive_int(v) for k, v in counts.items()}
             answers = answers or [a for a, n in counts.items() for _ in range(n)]
         else:
             answers = list(dict.fromkeys(answers))  # a gold set: drop repeats, keep order
@@ -1149,7 +1158,8 @@ def read_records(path: PathLike, image_root: Optional[PathLike] = None, **kwargs
         annotations = _load_json(_check_file(annotations_path)) if annotations_path else None
         result = _vqa2_from(data, path, annotations, annotations_path, image_root, split)
     else:  # vqa2_annotations: find the questions
-        questions_path = kwargs.pop("questions_path", None) or _paired_vqa_file(path, "questions", data.get("data_subtype"))
+        questions_path = kwargs.pop("questions_path", None)
+        questions_path = questions_path or _paired_vqa_file(path, "questions", data.get("data_subtype"))
         if questions_path is None:
             raise DatasetFormatError(
                 f"{path} holds VQA answers only; put the matching *_questions.json beside it or pass questions_path="
