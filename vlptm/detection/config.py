@@ -12,14 +12,15 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
-from vlptm.detection.backbone import BackboneConfig
-from vlptm.detection.selection import SelectionConfig
 
 __all__ = [
+    "BackboneConfig",
+    "SelectionConfig",
     "RpnConfig",
     "RoiHeadsConfig",
     "ExtractorConfig",
     "GridConfig",
+    "DetectorTrainConfig",
     "config_to_dict",
     "config_from_dict",
     "apply_overrides",
@@ -32,6 +33,48 @@ def default_class_names() -> List[str]:
     from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 
     return list(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+
+
+@dataclass
+class BackboneConfig:
+    """How to build the backbone + FPN."""
+
+    name: str = "tf_efficientnet_lite0"  # timm model name, or "torchvision:resnet50" (torchvision ResNet-FPN)
+    weights: str = "auto"  # "auto" (packaged, else hub), "packaged", "hub", "none", or a state-dict path
+    out_indices: Tuple[int, ...] = (1, 2, 3, 4)  # timm feature levels fed to the FPN (1 = stride 4)
+    fpn_channels: int = 256  # FPN output channels (the RPN/RoI heads' input width)
+    extra_max_pool: bool = True  # add the stride-2x "pool" level on top of the FPN (as torchvision does)
+    trainable_stages: int = 5  # timm: how many of the last stages (of stem + blocks) train; 0 freezes all
+    frozen_bn: bool = True  # replace BatchNorm by frozen BatchNorm (small detection batches)
+
+
+@dataclass
+class SelectionConfig:
+    """Which regions an image keeps (bottom-up attention's defaults)."""
+
+    score_threshold: float = 0.2  # keep regions whose best class confidence reaches this
+    nms_threshold: float = 0.3  # IoU threshold of the per-class NMS
+    min_boxes: int = 10  # at least this many regions (filled by rank when fewer pass the threshold)
+    max_boxes: int = 100  # at most this many regions
+    fixed_boxes: Optional[int] = None  # exactly K regions (e.g. 36), overriding min/max; None: [min, max]
+    box_source: str = "regressed"  # "regressed": winning class's regressed box, features pooled on it;
+    #                                "proposals": the RPN proposal box and its own RoI feature (original BUTD)
+    candidate_threshold: float = 0.01  # (proposal, class) pairs below this probability skip the NMS
+
+    def __post_init__(self) -> None:
+        if self.box_source not in ("regressed", "proposals"):
+            raise ValueError(f"box_source must be 'regressed' or 'proposals', got {self.box_source!r}")
+        if self.fixed_boxes is not None and self.fixed_boxes < 1:
+            raise ValueError(f"fixed_boxes must be >= 1, got {self.fixed_boxes}")
+        if not 1 <= self.min_boxes <= self.max_boxes:
+            raise ValueError(f"need 1 <= min_boxes <= max_boxes, got {self.min_boxes}, {self.max_boxes}")
+
+    @property
+    def count_range(self) -> Tuple[int, int]:
+        """``(low, high)`` bounds of the number of kept regions."""
+        if self.fixed_boxes is not None:
+            return self.fixed_boxes, self.fixed_boxes
+        return self.min_boxes, self.max_boxes
 
 
 @dataclass
@@ -120,6 +163,33 @@ class GridConfig:
     max_size: int = 853  # ... unless the long side would exceed this
 
 
+@dataclass
+class DetectorTrainConfig:
+    """What ``vlptm train-detector`` runs."""
+
+    data: str = ""  # training instances.json (or its folder)
+    val_data: str = ""  # held-out instances.json/folder; "" = the "val" split of data, else its last 10%
+    out: str = "runs/detector"  # run folder (checkpoints, model/, metrics.json)
+    variant: str = "effnet-lite0-fpn"  # base extractor: variant name, YAML path, or saved extractor folder
+    minutes: float = 15.0  # training wall-clock budget in minutes (evaluation not included)
+    max_steps: int = 0  # also stop after this many steps (0: time budget only)
+    batch_size: int = 4  # images per step
+    optimizer: str = "adamw"  # "adamw" or "sgd"
+    lr: float = 1e-3  # peak learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # decoupled (AdamW) or L2 (SGD) weight decay
+    warmup_steps: int = 50  # linear warm-up steps
+    min_lr_ratio: float = 0.02  # cosine floor as a fraction of lr
+    hflip_prob: float = 0.5  # horizontal flip probability
+    grad_clip: float = 10.0  # gradient-norm clip (0: off)
+    num_workers: int = 0  # DataLoader worker processes
+    checkpoint_minutes: float = 3.0  # checkpoint period
+    eval_max_images: int = 0  # evaluate on at most this many held-out images (0: all)
+    eval_batch_size: int = 4  # images per evaluation forward
+    log_every: int = 20  # log every this many steps
+    seed: int = 0  # random seed (model init, sampling, flips)
+
+
 def config_to_dict(config: Any) -> Dict[str, Any]:
     """Plain JSON/YAML-ready dict (tuples become lists)."""
     return dataclasses.asdict(config)
@@ -157,11 +227,22 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
         if leaf not in hints:
             raise KeyError(f"unknown config key {key!r}; {cls.__name__} has {sorted(hints)}")
         if isinstance(value, str) and hints[leaf] is not str:
-            value = yaml.safe_load(value)
+            value = _parse_text(value, hints[leaf])
         node[leaf] = _coerce(hints[leaf], value, key)
         if dataclasses.is_dataclass(hints[leaf]):
             node[leaf] = config_to_dict(node[leaf])
     return config_from_dict(type(config), data)
+
+
+def _parse_text(text: str, tp: Any) -> Any:
+    """A command-line string as the field's type: YAML, plus plain float syntax such as ``5e-4``."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    return value
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

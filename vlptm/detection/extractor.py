@@ -46,7 +46,7 @@ from vlptm.detection.heads import AttributeHead, attribute_loss
 from vlptm.detection.selection import grid_boxes, select_regions
 from vlptm.structures import RegionFeatures
 
-__all__ = ["RegionExtractor", "GridExtractor", "build_extractor", "load_extractor", "VARIANTS_DIR"]
+__all__ = ["RegionExtractor", "GridExtractor", "build_extractor", "load_extractor", "variant_config", "VARIANTS_DIR"]
 
 # Named variants: detectors/<name>.yaml next to the package (source checkouts and editable installs).
 VARIANTS_DIR = Path(__file__).resolve().parents[2] / "detectors"
@@ -360,6 +360,14 @@ def build_extractor(name_or_path: Union[str, os.PathLike] = "effnet-lite0-fpn", 
         if overrides:
             model.config = apply_overrides(model.config, overrides)
         return model
+    kind, config = variant_config(name_or_path)
+    return _KINDS[kind][0](apply_overrides(config, overrides))
+
+
+def variant_config(name_or_path: Union[str, os.PathLike]) -> Tuple[str, Any]:
+    """``(kind, config)`` of a named variant (``detectors/<name>.yaml``) or a YAML file; kind is
+    ``"region"`` (:class:`ExtractorConfig`) or ``"grid"`` (:class:`GridConfig`)."""
+    path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = VARIANTS_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
@@ -368,11 +376,9 @@ def build_extractor(name_or_path: Union[str, os.PathLike] = "effnet-lite0-fpn", 
     with open(path) as f:
         data = dict(yaml.safe_load(f) or {})
     kind = data.pop("kind", "region")
-    cls, config_cls = _KINDS.get(kind, (None, None))
-    if cls is None:
+    if kind not in _KINDS:
         raise ValueError(f"{path}: kind must be one of {sorted(_KINDS)}, got {kind!r}")
-    config = apply_overrides(config_from_dict(config_cls, data), overrides)
-    return cls(config)
+    return kind, config_from_dict(_KINDS[kind][1], data)
 
 
 def load_extractor(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu") -> nn.Module:

@@ -11,43 +11,15 @@ Letters: P proposals, C classes incl. background, K kept regions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from vlptm.detection.config import SelectionConfig
+
 __all__ = ["SelectionConfig", "select_regions", "grid_boxes"]
-
-
-@dataclass
-class SelectionConfig:
-    """Which regions an image keeps (bottom-up attention's defaults)."""
-
-    score_threshold: float = 0.2  # keep regions whose best class confidence reaches this
-    nms_threshold: float = 0.3  # IoU threshold of the per-class NMS
-    min_boxes: int = 10  # at least this many regions (filled by rank when fewer pass the threshold)
-    max_boxes: int = 100  # at most this many regions
-    fixed_boxes: Optional[int] = None  # exactly K regions (e.g. 36), overriding min/max; None: [min, max]
-    box_source: str = "regressed"  # "regressed": winning class's regressed box, features pooled on it;
-    #                                "proposals": the RPN proposal box and its own RoI feature (original BUTD)
-    candidate_threshold: float = 0.01  # (proposal, class) pairs below this probability skip the NMS
-
-    def __post_init__(self) -> None:
-        if self.box_source not in ("regressed", "proposals"):
-            raise ValueError(f"box_source must be 'regressed' or 'proposals', got {self.box_source!r}")
-        if self.fixed_boxes is not None and self.fixed_boxes < 1:
-            raise ValueError(f"fixed_boxes must be >= 1, got {self.fixed_boxes}")
-        if not 1 <= self.min_boxes <= self.max_boxes:
-            raise ValueError(f"need 1 <= min_boxes <= max_boxes, got {self.min_boxes}, {self.max_boxes}")
-
-    @property
-    def count_range(self) -> Tuple[int, int]:
-        """``(low, high)`` bounds of the number of kept regions."""
-        if self.fixed_boxes is not None:
-            return self.fixed_boxes, self.fixed_boxes
-        return self.min_boxes, self.max_boxes
 
 
 def select_regions(class_boxes: Tensor, class_probs: Tensor, config: SelectionConfig) -> Tuple[Tensor, Tensor, Tensor]:

@@ -1,0 +1,45 @@
+"""torchvision Faster R-CNN checkpoints imported into RegionExtractor give torchvision's own detections."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+from vlptm.detection import import_torchvision_checkpoint, torchvision_extractor_config
+from vlptm.structures import RegionFeatures
+
+
+@pytest.fixture(scope="module")
+def torchvision_model():
+    torch.manual_seed(0)  # random weights: there is no model hub here, and equality does not need trained ones
+    return fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=320, max_size=480).eval()
+
+
+def test_same_weights_give_torchvision_detections(torchvision_model, tmp_path):
+    path = tmp_path / "frcnn.pth"
+    torch.save({"model": torchvision_model.state_dict(), "epoch": 3}, path)  # reference-script layout
+    config = torchvision_extractor_config("resnet50", num_classes=91, min_size=320, max_size=480)
+    extractor = import_torchvision_checkpoint(path, config=config)
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 240, 320, generator=g), torch.rand(3, 300, 200, generator=g)]
+    with torch.inference_mode():
+        expected = torchvision_model(images)
+    got = extractor.detect(images)
+    for e, o in zip(expected, got):
+        assert len(e["boxes"]) > 0 and len(e["boxes"]) == len(o["boxes"])
+        assert torch.allclose(e["boxes"], o["boxes"], atol=1e-4)
+        assert torch.allclose(e["scores"], o["scores"], atol=1e-5)
+        assert torch.equal(e["labels"], o["labels"])
+    # The same network also gives bottom-up-attention regions with 1024-d features and 91-way soft labels.
+    regions = extractor.extract(images[:1])[0]
+    assert isinstance(regions, RegionFeatures) and regions.cls_probs.shape == (len(regions), 91)
+    assert extractor.feature_dim == 1024 and regions.attr_probs is None
+
+
+def test_import_refuses_other_state_dicts(torchvision_model):
+    state = dict(torchvision_model.state_dict())
+    with pytest.raises(KeyError):
+        import_torchvision_checkpoint({k: v for k, v in state.items() if not k.startswith("roi_heads.box_predictor")})
+    state.pop("rpn.head.conv.0.0.weight")
+    with pytest.raises(KeyError, match="missing"):
+        import_torchvision_checkpoint(state)
