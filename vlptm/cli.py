@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "vlptm.commands.check_store",
     "vlptm.commands.convert_features",
     "vlptm.commands.extract",
+    "vlptm.commands.train_detector",
 )
 
 
