@@ -97,9 +97,16 @@ def test_size_check_flags_exif_rotated_images(tmp_path, capsys):
 
 def test_folder_inspects_every_annotation_file(tmp_path, capsys):
     root = _world(tmp_path)
-    assert main(["inspect-data", str(root), "--json"]) == 0
-    summaries = json.loads(capsys.readouterr().out)
-    assert sorted(s["format"] for s in summaries) == ["coco_instances", "simple_captions", "simple_vqa"]
+    assert main(["inspect-data", str(root), "--check-images", "--json"]) == 0
+    summaries = {s["format"]: s for s in json.loads(capsys.readouterr().out)}
+    assert sorted(summaries) == ["coco_instances", "simple_captions", "simple_vqa"]
+    # Images shared between the files are decoded once but counted in each file's check.
+    checks = {fmt: (s["image_check"]["ok"], s["image_check"]["errors"]) for fmt, s in summaries.items()}
+    assert checks == {
+        "simple_captions": (2, {"truncated": 1, "missing": 1}),
+        "simple_vqa": (2, {}),
+        "coco_instances": (1, {}),
+    }
 
 
 def test_unreadable_input_exits_non_zero(tmp_path, capsys):

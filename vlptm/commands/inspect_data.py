@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     summaries = []
+    seen: dict[Path, Any] = {}  # image path -> (width, height) or ImageLoadError, shared by the files
     for file in files:
         try:
             records = read_records(file, image_root=args.images, split=args.split)
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         summary = _summarise(records, args.examples)
         if args.check_images:
             summary["image_check"] = _check_images(
-                records.image_paths(), args.limit, args.max_pixels, _annotated_sizes(records)
+                records.image_paths(), args.limit, args.max_pixels, _annotated_sizes(records), seen
             )
         summaries.append(summary)
     if args.json:
@@ -168,14 +169,19 @@ def _annotated_sizes(records) -> dict[Path, tuple[int, int]]:
 
 
 def _check_images(
-    paths: list[Path], limit: Optional[int], max_pixels: Optional[int], sizes: dict[Path, tuple[int, int]]
+    paths: list[Path],
+    limit: Optional[int],
+    max_pixels: Optional[int],
+    sizes: dict[Path, tuple[int, int]],
+    seen: dict[Path, Any],
 ) -> dict[str, Any]:
     """Loads each image with :func:`vlptm.data.images.load_image`; counts successes and errors by reason.
 
     Where the annotation file states an image's size, a loaded image of another size is counted as
     ``size_mismatch``; ``size_swapped`` when only width and height differ, which usually means the
     annotations were made on the stored pixels of a photo with an EXIF rotation (boxes would land in the
-    wrong place; load such data with ``apply_exif_orientation=False``)."""
+    wrong place; load such data with ``apply_exif_orientation=False``). ``seen`` maps each path already
+    loaded in this run to its size or ImageLoadError, so files sharing images decode them once."""
     from vlptm.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
     chosen = paths if limit is None else paths[:limit]
@@ -184,9 +190,14 @@ def _check_images(
     widths, heights = [], []
     mismatches: Counter = Counter()
     for path in chosen:
-        try:
-            image = load_image(path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
-        except ImageLoadError as err:
+        if path not in seen:
+            try:
+                seen[path] = load_image(path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS).size
+            except ImageLoadError as err:
+                seen[path] = err
+        outcome = seen[path]
+        if isinstance(outcome, ImageLoadError):
+            err = outcome
             errors[err.reason] += 1
             examples.setdefault(err.reason, [])
             if errors[err.reason] <= _LOG_PER_REASON:
@@ -195,14 +206,14 @@ def _check_images(
             else:
                 log.debug("bad image, skipped: %s", err)
             continue
-        widths.append(image.width)
-        heights.append(image.height)
+        widths.append(outcome[0])
+        heights.append(outcome[1])
         expected = sizes.get(path)
-        if expected is not None and image.size != expected:
-            kind = "size_swapped" if image.size == expected[::-1] else "size_mismatch"
+        if expected is not None and outcome != expected:
+            kind = "size_swapped" if outcome == expected[::-1] else "size_mismatch"
             mismatches[kind] += 1
             if mismatches[kind] <= _LOG_PER_REASON:
-                log.warning("%s: %s, annotated %dx%d, loaded %dx%d", path, kind, *expected, *image.size)
+                log.warning("%s: %s, annotated %dx%d, loaded %dx%d", path, kind, *expected, *outcome)
     return {
         "checked": len(chosen),
         "of": len(paths),
