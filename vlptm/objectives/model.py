@@ -1,0 +1,179 @@
+"""The pretraining model: an encoder of either stream type plus the objectives' heads.
+
+:class:`PretrainingModel` is what the training loop (and DistributedDataParallel) wraps. One call runs the
+encoder passes the requested tasks need and returns every objective's named losses and metrics:
+
+- masked modelling (``mlm``, ``mrfr``, ``mrc``, ``mrc_kl``): one joint pass over masked inputs. With
+  ``masking="conditional"`` (UNITER) each example hides one modality only: text when only MLM runs,
+  regions when only MRM runs, and the batch's per-example choice (``masked_modality``) when both run in
+  the same step. With ``masking="joint"`` (LXMERT) text and regions are masked together.
+- ``itc``: a text-only and a regions-only pass; their projected, normalised pooled states are the
+  retrieval embeddings.
+- ``itm``: a joint pass over the dataset's pairs with random negatives (``itm_*`` batch keys), or, with
+  ``itm_negatives="hard"``, over the positives plus one hard negative image per text and one hard
+  negative text per image sampled from the in-batch ITC similarity.
+
+Shape legend: B batch, T text tokens, R regions, D region feature dim, P position dim, H hidden size,
+E embedding size, C detector classes.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from vlptm.models.base import VisionLanguageEncoder
+from vlptm.objectives.itc import ImageTextContrastive
+from vlptm.objectives.itm import ImageTextMatching, sample_hard_negatives
+from vlptm.objectives.masking import IGNORE_INDEX
+from vlptm.objectives.mlm import MaskedLanguageModeling
+from vlptm.objectives.mrm import MRM_TASKS, MaskedRegionModeling
+
+TASKS = ("mlm",) + MRM_TASKS + ("itm", "itc")
+MASKING_MODES = ("conditional", "joint")
+ITM_NEGATIVES = ("random", "hard")
+
+_TEXT = ("input_ids", "attention_mask", "token_type_ids")
+_REGIONS = ("region_feats", "region_pos", "region_mask")
+
+
+def _pick(batch: Mapping[str, Tensor], keys: Sequence[str], prefix: str = "") -> Dict[str, Tensor]:
+    return {key: batch[prefix + key] for key in keys if batch.get(prefix + key) is not None}
+
+
+class PretrainingModel(nn.Module):
+    """An encoder and the heads of the chosen pretraining tasks.
+
+    Args:
+        encoder: a :class:`~vlptm.models.SingleStreamEncoder` or :class:`~vlptm.models.DualStreamEncoder`.
+        tasks: the tasks this model is trained on, a subset of ``TASKS``.
+        num_region_classes: C of the features' class probabilities (needed by ``mrc`` / ``mrc_kl``).
+        masking: ``"conditional"`` or ``"joint"``.
+        itm_negatives: ``"random"`` or ``"hard"``.
+        itc_embed_dim: E.
+        itc_temperature: initial ITC temperature.
+
+    Example:
+        >>> import torch
+        >>> from vlptm.models import create_model
+        >>> model = PretrainingModel(create_model("single-tiny", region_feat_dim=8), tasks=["itc"])
+        >>> batch = {"input_ids": torch.randint(1000, 2000, (3, 6)), "region_feats": torch.randn(3, 4, 8),
+        ...          "region_pos": torch.rand(3, 4, 7)}
+        >>> sorted(model(batch, ["itc"]))
+        ['itc', 'itc_acc', 'itc_temperature']
+    """
+
+    def __init__(self, encoder: VisionLanguageEncoder, tasks: Sequence[str], *, num_region_classes: int = 0,
+                 masking: str = "conditional", itm_negatives: str = "random", itc_embed_dim: int = 256,
+                 itc_temperature: float = 0.07) -> None:
+        super().__init__()
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown or not tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS}; unknown: {unknown}")
+        if masking not in MASKING_MODES:
+            raise ValueError(f"masking must be one of {MASKING_MODES}, got {masking!r}")
+        if itm_negatives not in ITM_NEGATIVES:
+            raise ValueError(f"itm_negatives must be one of {ITM_NEGATIVES}, got {itm_negatives!r}")
+        if {"mrc", "mrc_kl"} & set(tasks) and num_region_classes <= 0:
+            raise ValueError("mrc/mrc_kl need region class probabilities (num_region_classes > 0); features "
+                             "without them (grid features) support mrfr only")
+        config = encoder.config
+        hidden = config.hidden_size
+        self.encoder = encoder
+        self.tasks = tuple(tasks)
+        self.masking = masking
+        self.itm_negatives = itm_negatives
+        self.mlm = (MaskedLanguageModeling(hidden, config.vocab_size, encoder.get_input_embeddings())
+                    if "mlm" in tasks else None)
+        self.mrm = (MaskedRegionModeling(hidden, config.region_feat_dim, num_region_classes)
+                    if set(MRM_TASKS) & set(tasks) else None)
+        self.itm = ImageTextMatching(hidden) if "itm" in tasks else None
+        needs_itc = "itc" in tasks or ("itm" in tasks and itm_negatives == "hard")
+        self.itc = ImageTextContrastive(hidden, itc_embed_dim, itc_temperature) if needs_itc else None
+
+    # -- retrieval embeddings -----------------------------------------------------------------------------
+    def embed_text(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Text-only pass -> ``(B, E)`` unit-norm text embeddings (keys ``input_ids``, ``attention_mask``)."""
+        return self.itc.embed_text(self.encoder(_pick(batch, _TEXT)).pooled)
+
+    def embed_images(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Regions-only pass -> ``(B, E)`` unit-norm image embeddings (keys ``region_feats``, ``region_pos``,
+        ``region_mask``)."""
+        return self.itc.embed_image(self.encoder(_pick(batch, _REGIONS)).pooled)
+
+    # -- training -----------------------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Tensor], tasks: Optional[Sequence[str]] = None) -> Dict[str, Tensor]:
+        """Run the passes ``tasks`` need (default: all of this model's tasks) on a collated batch.
+
+        Args:
+            batch: a batch from :func:`vlptm.data.pretrain.collate_pretrain`: the text and region keys of
+                the encoder plus ``mlm_input_ids``, ``mlm_labels (B, T)``, ``region_masked (B, R)``,
+                ``masked_modality (B,)``, ``region_cls_probs (B, R, C)``, ``image_index (B,)`` and the
+                ``itm_*`` pair keys with ``itm_labels (B,)``.
+            tasks: which tasks to run this step.
+
+        Returns:
+            Named losses (keys in ``TASKS``) and detached metrics (``*_acc``, ``itc_temperature``).
+        """
+        tasks = self.tasks if tasks is None else tuple(tasks)
+        missing = sorted(set(tasks) - set(self.tasks))
+        if missing:
+            raise ValueError(f"tasks {missing} were not configured for this model (it has {self.tasks})")
+        out: Dict[str, Tensor] = {}
+        masked_tasks = [t for t in tasks if t == "mlm" or t in MRM_TASKS]
+        if masked_tasks:
+            out.update(self._masked_modeling(batch, masked_tasks))
+        similarity = None
+        if "itc" in tasks or ("itm" in tasks and self.itm_negatives == "hard"):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and "itc" in tasks):
+                text_emb = self.embed_text(batch)  # (B, E)
+                image_emb = self.embed_images(batch)  # (B, E)
+            if "itc" in tasks:
+                out.update(self.itc(text_emb, image_emb, batch.get("image_index")))
+            similarity = text_emb.detach() @ image_emb.detach().t()  # (B, B)
+        if "itm" in tasks:
+            out.update(self._matching(batch, similarity))
+        return out
+
+    def _masked_modeling(self, batch: Mapping[str, Tensor], tasks: Sequence[str]) -> Dict[str, Tensor]:
+        input_ids = batch["input_ids"]
+        size = input_ids.shape[0]
+        has_mlm = "mlm" in tasks
+        mrm_tasks = [t for t in tasks if t in MRM_TASKS]
+        ones = torch.ones(size, dtype=torch.bool, device=input_ids.device)
+        if self.masking == "joint":
+            text_rows, region_rows = ones if has_mlm else ~ones, ones if mrm_tasks else ~ones
+        elif has_mlm and mrm_tasks:
+            text_rows = batch["masked_modality"] == 0  # (B,)
+            region_rows = ~text_rows
+        else:
+            text_rows, region_rows = (ones, ~ones) if has_mlm else (~ones, ones)
+        inputs = _pick(batch, _TEXT + _REGIONS)
+        inputs["input_ids"] = torch.where(text_rows[:, None], batch["mlm_input_ids"], input_ids)  # (B, T)
+        region_masked = batch["region_masked"] & region_rows[:, None]  # (B, R)
+        inputs["region_masked"] = region_masked
+        output = self.encoder(inputs)
+        out: Dict[str, Tensor] = {}
+        if has_mlm:
+            labels = batch["mlm_labels"].masked_fill(~text_rows[:, None], IGNORE_INDEX)  # (B, T)
+            out.update(self.mlm(output.text_hidden, labels))
+        if mrm_tasks:
+            out.update(self.mrm(output.region_hidden, region_masked, batch["region_feats"],
+                                batch.get("region_cls_probs"), mrm_tasks))
+        return out
+
+    def _matching(self, batch: Mapping[str, Tensor], similarity: Optional[Tensor]) -> Dict[str, Tensor]:
+        if self.itm_negatives == "random":
+            inputs = {key: batch["itm_" + key] for key in _TEXT + _REGIONS}
+            return self.itm(self.encoder(inputs).pooled, batch["itm_labels"])
+        size = batch["input_ids"].shape[0]
+        image_for_text, text_for_image = sample_hard_negatives(similarity, batch.get("image_index"))  # (B,), (B,)
+        own = torch.arange(size, device=similarity.device)  # (B,)
+        text_rows = torch.cat([own, own, text_for_image])  # (3B,) positives, hard images, hard texts
+        image_rows = torch.cat([own, image_for_text, own])  # (3B,)
+        inputs = {key: batch[key][text_rows] for key in _TEXT if batch.get(key) is not None}
+        inputs.update({key: batch[key][image_rows] for key in _REGIONS if batch.get(key) is not None})
+        labels = torch.zeros(3 * size, dtype=torch.long, device=similarity.device)  # (3B,)
+        labels[:size] = 1
+        return self.itm(self.encoder(inputs).pooled, labels)
