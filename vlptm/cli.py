@@ -20,6 +20,8 @@ _COMMAND_MODULES = (
     "vlptm.commands.convert_features",
     "vlptm.commands.extract",
     "vlptm.commands.train_detector",
+    "vlptm.commands.pretrain",
+    "vlptm.commands.plot_log",
 )
 
 
