@@ -43,3 +43,24 @@ def test_import_refuses_other_state_dicts(torchvision_model):
     state.pop("rpn.head.conv.0.0.weight")
     with pytest.raises(KeyError, match="missing"):
         import_torchvision_checkpoint(state)
+
+
+def test_converter_script_writes_a_loadable_extractor(torchvision_model, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from vlptm.detection import build_extractor
+
+    script = Path(__file__).resolve().parents[1] / "detectors" / "convert_torchvision.py"
+    spec = importlib.util.spec_from_file_location("convert_torchvision", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.save(torchvision_model.state_dict(), tmp_path / "frcnn.pth")
+    assert module.main([str(tmp_path / "frcnn.pth"), str(tmp_path / "out"), "--min-size=320", "--max-size=480",
+                        "--fixed-boxes=36"]) == 0
+    extractor = build_extractor(tmp_path / "out")
+    assert extractor.config.selection.fixed_boxes == 36 and extractor.config.min_size == 320
+    image = torch.rand(3, 200, 240, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        expected = torchvision_model([image])[0]
+    assert torch.allclose(extractor.detect([image])[0]["boxes"], expected["boxes"], atol=1e-4)

@@ -171,7 +171,8 @@ class DetectorTrainConfig:
     val_data: str = ""  # held-out instances.json/folder; "" = the "val" split of data, else its last 10%
     out: str = "runs/detector"  # run folder (checkpoints, model/, metrics.json)
     variant: str = "effnet-lite0-fpn"  # base extractor: variant name, YAML path, or saved extractor folder
-    minutes: float = 15.0  # training wall-clock budget in minutes (evaluation not included)
+    minutes: float = 15.0  # training time budget in minutes (evaluation not included), on budget_clock
+    budget_clock: str = "wall"  # "wall": elapsed time; "process": this process's CPU time summed over threads
     max_steps: int = 0  # also stop after this many steps (0: time budget only)
     batch_size: int = 4  # images per step
     optimizer: str = "adamw"  # "adamw" or "sgd"

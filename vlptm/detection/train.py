@@ -4,7 +4,8 @@ The loop is plain: :func:`train_steps` runs optimisation steps until a stop cond
 :func:`train_detector` wires data, model, optimiser, schedule, checkpoints and the final evaluation. The
 learning rate warms up linearly over ``warmup_steps`` and then follows a cosine over the *time* budget
 (or the step budget, whichever runs out first), so a 15-minute run anneals fully whatever the machine's
-speed. Checkpoints are written every ``checkpoint_minutes`` into ``OUT/ckpt-<step>/`` and published by
+speed. The time budget is wall-clock by default; ``budget_clock="process"`` counts this process's CPU time
+instead (summed over its threads), which keeps a budget comparable on a machine shared with other jobs. Checkpoints are written every ``checkpoint_minutes`` into ``OUT/ckpt-<step>/`` and published by
 atomically replacing ``OUT/last.json``; a rerun with the same ``OUT`` resumes from it.
 
 Output: ``OUT/model/`` (the trained extractor, loadable with ``RegionExtractor.load`` or
@@ -93,7 +94,8 @@ def train_detector(config: DetectorTrainConfig, model_overrides: Optional[Mappin
         model_overrides: dotted-key overrides of the extractor config (``{"rpn.post_nms_top_n_train": 500}``).
 
     Returns:
-        ``{"steps", "train_seconds", "metrics": {...}, "model_dir"}``.
+        ``{"steps", "train_seconds" (wall), "train_cpu_seconds" (this process's CPU time, all threads),
+        "threads", "metrics": {...}, "model_dir"}``.
     """
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -110,22 +112,28 @@ def train_detector(config: DetectorTrainConfig, model_overrides: Optional[Mappin
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     else:
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {config.optimizer!r}")
-    step, elapsed_before = _resume(out, model, optimizer)
+    step, elapsed_before, cpu_before = _resume(out, model, optimizer)
+    if config.budget_clock not in ("wall", "process"):
+        raise ValueError(f"budget_clock must be 'wall' or 'process', got {config.budget_clock!r}")
 
     dataset = DetectionDataset(train_records.records, labels, hflip_prob=config.hflip_prob)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
                         collate_fn=collate_detection, drop_last=len(dataset) >= config.batch_size,
                         persistent_workers=config.num_workers > 0)
     budget = config.minutes * 60.0
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     last_checkpoint = [start]
     log_file = open(out / "log.jsonl", "a")
 
     def elapsed() -> float:
         return elapsed_before + time.time() - start
 
+    def cpu_elapsed() -> float:
+        return cpu_before + time.process_time() - cpu_start
+
     def progress(step: int) -> float:
-        by_time = elapsed() / budget if budget > 0 else 0.0
+        used = elapsed() if config.budget_clock == "wall" else cpu_elapsed()
+        by_time = used / budget if budget > 0 else 0.0
         by_steps = step / config.max_steps if config.max_steps else 0.0
         return max(by_time, by_steps)
 
@@ -140,13 +148,13 @@ def train_detector(config: DetectorTrainConfig, model_overrides: Optional[Mappin
 
     def on_step(step: int, losses: Dict[str, float]) -> None:
         if step % config.log_every == 0 or step == 1:
-            record = {"step": step, "elapsed": round(elapsed(), 1), **{k: round(v, 5) for k, v in losses.items()}}
+            record = {"step": step, "elapsed": round(elapsed(), 1), "cpu": round(cpu_elapsed(), 1), **{k: round(v, 5) for k, v in losses.items()}}
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
             logger.info("step %d  %.0fs  loss %.4f  %s", step, elapsed(), losses["total"],
                         " ".join(f"{k}={v:.3f}" for k, v in losses.items() if k not in ("total", "lr")))
         if time.time() - last_checkpoint[0] >= config.checkpoint_minutes * 60.0:
-            _checkpoint(out, model, optimizer, step, elapsed())
+            _checkpoint(out, model, optimizer, step, elapsed(), cpu_elapsed())
             last_checkpoint[0] = time.time()
 
     logger.info("training on %d images (%d classes, %d attributes), held-out %d images, budget %.1f min",
@@ -154,13 +162,14 @@ def train_detector(config: DetectorTrainConfig, model_overrides: Optional[Mappin
                 config.minutes)
     step = train_steps(model, _endless(loader), optimizer, set_lr, stop, step, config.grad_clip, on_step)
     log_file.close()
-    train_seconds = elapsed()
-    _checkpoint(out, model, optimizer, step, train_seconds)
+    train_seconds, cpu_seconds = elapsed(), cpu_elapsed()
+    _checkpoint(out, model, optimizer, step, train_seconds, cpu_seconds)
     model_dir = model.save(out / "model")
     logger.info("trained %d steps in %.0fs; evaluating on %d held-out images", step, train_seconds, len(val_records))
     metrics = evaluate_detector(model, val_records.records, labels, config.eval_batch_size,
                                 config.eval_max_images or None) if len(val_records) else {}
-    result = {"steps": step, "train_seconds": round(train_seconds, 1), "metrics": metrics, "model_dir": str(model_dir)}
+    result = {"steps": step, "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
+              "threads": torch.get_num_threads(), "metrics": metrics, "model_dir": str(model_dir)}
     _write_json(out / "metrics.json", result)
     logger.info("evaluation: %s", json.dumps(metrics))
     return result
@@ -205,7 +214,7 @@ def _endless(loader: DataLoader) -> Iterator:
 def _resume(out: Path, model: RegionExtractor, optimizer: torch.optim.Optimizer) -> Tuple[int, float]:
     pointer = out / "last.json"
     if not pointer.is_file():
-        return 0, 0.0
+        return 0, 0.0, 0.0
     from safetensors.torch import load_file
 
     last = json.loads(pointer.read_text())
@@ -214,14 +223,15 @@ def _resume(out: Path, model: RegionExtractor, optimizer: torch.optim.Optimizer)
     state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     logger.info("resuming from %s (step %d, %.0fs trained)", folder, last["step"], last["elapsed"])
-    return int(last["step"]), float(last["elapsed"])
+    return int(last["step"]), float(last["elapsed"]), float(last.get("cpu", 0.0))
 
 
-def _checkpoint(out: Path, model: RegionExtractor, optimizer: torch.optim.Optimizer, step: int, elapsed: float) -> None:
+def _checkpoint(out: Path, model: RegionExtractor, optimizer: torch.optim.Optimizer, step: int, elapsed: float,
+                cpu: float) -> None:
     folder = out / f"ckpt-{step:07d}"
     model.save(folder)
     torch.save({"optimizer": optimizer.state_dict()}, folder / "trainer.pt")
-    _write_json(out / "last.json", {"dir": folder.name, "step": step, "elapsed": elapsed})
+    _write_json(out / "last.json", {"dir": folder.name, "step": step, "elapsed": elapsed, "cpu": cpu})
     for old in out.glob("ckpt-*"):
         if old.name != folder.name:
             shutil.rmtree(old, ignore_errors=True)
