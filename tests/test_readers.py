@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import random
 import logging
 from pathlib import Path
 
@@ -647,3 +649,58 @@ def test_shared_daquar(shared_data):
     assert all(r.multi_label and r.split == "train" for r in result)
     assert len(result.image_paths()) == 794
     assert all(p.is_file() for p in result.image_paths())
+
+
+# --- malformed values anywhere never crash a read --------------------------------------------------------
+
+_JUNK = (None, [], {}, [1, 2], {"a": 1}, "", "x", -1, 0, 2.5, True, float("nan"), [[1]], "../x")
+
+
+def _positions(node, found):
+    """Every (container, key) pair in a JSON tree."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        found.append((node, key))
+        _positions(value, found)
+    return found
+
+
+@pytest.mark.parametrize("builder", ["coco_captions", "coco_instances", "vqa2", "simple"])
+def test_junk_values_give_records_or_a_format_error(tmp_path, builder):
+    # Each trial replaces 1-3 random values of a valid file with junk of another type; reading must return
+    # a RecordSet or raise DatasetFormatError, and inspect-data must exit 0 or 2 - never an uncaught error.
+    from vlptm.cli import main
+
+    rng = random.Random(builder)
+    if builder == "coco_captions":
+        paths = [_coco_captions(tmp_path)]
+    elif builder == "coco_instances":
+        paths = [_coco_instances(tmp_path, attributes=True)]
+    elif builder == "vqa2":
+        paths = list(_vqa2_files(tmp_path))
+    else:
+        paths = [
+            _write_json(tmp_path / "captions.json", [{"image": "a.jpg", "captions": ["x", "y"], "split": "train"}] * 3),
+            _write_json(
+                tmp_path / "vqa.json",
+                [{"image": "a.jpg", "question": "q?", "answers": ["a"], "answer_counts": {"a": 2}, "split": "s"}] * 3,
+            ),
+        ]
+    originals = {path: json.loads(path.read_text()) for path in paths}
+    outcomes = set()
+    for _ in range(40):
+        target = rng.choice(paths)
+        data = json.loads(json.dumps(originals[target]))
+        positions = _positions(data, [])
+        for _ in range(rng.randint(1, 3)):
+            container, key = rng.choice(positions)
+            container[key] = copy.deepcopy(rng.choice(_JUNK))
+            positions = _positions(data, [])
+        target.write_text(json.dumps(data))
+        try:
+            outcomes.add(type(read_records(target)).__name__)
+        except DatasetFormatError:
+            outcomes.add("DatasetFormatError")
+        assert main(["inspect-data", str(target), "--json"]) in (0, 2)
+        target.write_text(json.dumps(originals[target]))
+    assert "RecordSet" in outcomes

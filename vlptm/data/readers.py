@@ -32,6 +32,7 @@ Example:
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -305,6 +306,20 @@ def _positive_int(value: Any) -> Optional[int]:
     return int(value)
 
 
+def _is_key(value: Any) -> bool:
+    """An id usable as a dict key: an int or a string (not a bool, list or dict)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _optional_str(value: Any) -> Optional[str]:
+    """A split or type label: strings and numbers as strings, anything else (None, lists, ...) as None."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
 def _split_from_name(path: Path, pattern: str) -> Optional[str]:
     match = re.search(pattern, path.name)
     return match.group(1) if match else None
@@ -372,14 +387,14 @@ def _coco_captions_from(data: Any, path: Path, image_root: Optional[PathLike], s
         where = f"annotations[{i}]"
         if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
             skip("missing_key", where)
-        elif ann["image_id"] not in images:
+        elif not _is_key(ann["image_id"]) or ann["image_id"] not in images:
             skip("unknown_image", where)
         else:
             captions[ann["image_id"]].extend(_clean_captions([ann["caption"]], skip, where))
     keep = _split_matcher(split)
     records = []
     for image_id, image in images.items():
-        image_split = image.get("split", subset)
+        image_split = _optional_str(image.get("split", subset))
         if not keep(image_split):
             continue
         if not captions[image_id]:
@@ -464,7 +479,7 @@ def _coco_instances_from(data: Any, path: Path, image_root: Optional[PathLike], 
         if width is None or height is None:
             skip("bad_image_size", f"image {image_id}")
             continue
-        image_split = image.get("split", subset)
+        image_split = _optional_str(image.get("split", subset))
         if keep(image_split):
             records[image_id] = DetectionRecord(
                 str(image_id), root / image["file_name"], width, height, [], [], [], [], image_split
@@ -474,7 +489,7 @@ def _coco_instances_from(data: Any, path: Path, image_root: Optional[PathLike], 
         if not isinstance(ann, dict) or not {"image_id", "bbox", "category_id"} <= ann.keys():
             skip("missing_key", where)
             continue
-        if ann["image_id"] not in images:
+        if not _is_key(ann["image_id"]) or ann["image_id"] not in images:
             skip("unknown_image", where)
             continue
         record = records.get(ann["image_id"])
@@ -484,11 +499,11 @@ def _coco_instances_from(data: Any, path: Path, image_root: Optional[PathLike], 
         if box is None:
             skip("bad_box", where)
             continue
-        if ann["category_id"] not in category_ids:
+        if not _is_key(ann["category_id"]) or ann["category_id"] not in category_ids:
             skip("unknown_category", where)
             continue
         attrs = ann.get("attribute_ids") or []
-        if not isinstance(attrs, list) or any(a not in attribute_ids for a in attrs):
+        if not isinstance(attrs, list) or any(not _is_key(a) or a not in attribute_ids for a in attrs):
             skip("unknown_attribute", where)
             continue
         record.boxes_xyxy.append(box)
@@ -554,7 +569,7 @@ def _karpathy_from(
         ):
             skip("missing_key", where)
             continue
-        entry_split = entry.get("split")
+        entry_split = _optional_str(entry.get("split"))
         if merge_restval and entry_split == "restval":
             entry_split = "train"
         if not keep(entry_split):
@@ -565,7 +580,10 @@ def _karpathy_from(
             skip("no_captions", where)
             continue
         image_id = _id_string(entry.get("cocoid")) or Path(entry["filename"]).stem
-        relative = Path(entry["filepath"]) / entry["filename"] if entry.get("filepath") else Path(entry["filename"])
+        filepath = entry.get("filepath")
+        relative = Path(entry["filename"])
+        if isinstance(filepath, str) and filepath:
+            relative = Path(filepath) / relative
         records.append(CaptionRecord(image_id, root / relative, captions, entry_split))
     return RecordSet("karpathy", path, root, records, skip.report())
 
@@ -712,7 +730,8 @@ def _paired_vqa_file(path: Path, want: str, subtype: Optional[str] = None) -> Op
         name = path.name.replace("OpenEnded_", "").replace("_questions", "_annotations")
         candidate = path.parent / name
         return candidate if candidate.is_file() and candidate != path else None
-    matches = sorted(path.parent.glob(f"*OpenEnded*{subtype or ''}*_questions.json"))
+    pattern = f"*OpenEnded*{glob.escape(subtype)}_questions.json" if subtype else "*OpenEnded*_questions.json"
+    matches = sorted(path.parent.glob(pattern))
     return matches[0] if len(matches) == 1 else None
 
 
@@ -726,7 +745,7 @@ def _vqa2_from(
 ) -> RecordSet:
     if not isinstance(questions, dict) or not isinstance(questions.get("questions"), list):
         raise DatasetFormatError(f"{path} is not a VQA questions file: expected an object with a 'questions' list")
-    subtype = questions.get("data_subtype")
+    subtype = _optional_str(questions.get("data_subtype"))
     image_subtype = "test2015" if isinstance(subtype, str) and subtype.startswith("test-dev") else subtype
     if image_subtype:  # images are never beside the question files in the standard layout
         candidates = [path.parent.parent / "coco" / image_subtype, path.parent / image_subtype, path.parent / "images"]
@@ -741,7 +760,7 @@ def _vqa2_from(
                 f"{annotations_path} is not a VQA annotations file: expected an 'annotations' list"
             )
         for i, ann in enumerate(annotations["annotations"]):
-            if not isinstance(ann, dict) or "question_id" not in ann or not isinstance(ann.get("answers"), list):
+            if not (isinstance(ann, dict) and _is_key(ann.get("question_id")) and isinstance(ann.get("answers"), list)):
                 skip("bad_annotation", f"annotations[{i}]")
                 continue
             answers_by_question[ann["question_id"]] = ann
@@ -782,8 +801,8 @@ def _vqa2_from(
                 answers=answers,
                 answer_counts=dict(Counter(answers)),
                 split=subtype,
-                question_type=ann.get("question_type") if ann else None,
-                answer_type=ann.get("answer_type") if ann else None,
+                question_type=_optional_str(ann.get("question_type")) if ann else None,
+                answer_type=_optional_str(ann.get("answer_type")) if ann else None,
                 multi_label=False,
                 meta=meta,
             )
@@ -939,7 +958,8 @@ def _simple_captions_from(data: Any, path: Path, image_root: Optional[PathLike],
         ):
             skip("missing_key", where)
             continue
-        if not keep(entry.get("split")):
+        entry_split = _optional_str(entry.get("split"))
+        if not keep(entry_split):
             continue
         captions = _clean_captions(entry["captions"], skip, where)
         if not captions:
@@ -947,7 +967,7 @@ def _simple_captions_from(data: Any, path: Path, image_root: Optional[PathLike],
             continue
         meta = {k: v for k, v in entry.items() if k not in _SIMPLE_CAPTION_KEYS}
         image_id = _simple_image_id(entry)
-        records.append(CaptionRecord(image_id, root / entry["image"], captions, entry.get("split"), meta))
+        records.append(CaptionRecord(image_id, root / entry["image"], captions, entry_split, meta))
     return RecordSet("simple_captions", path, root, records, skip.report())
 
 
@@ -989,7 +1009,8 @@ def _simple_vqa_from(data: Any, path: Path, image_root: Optional[PathLike], spli
         if question is None:
             skip("empty_question", where)
             continue
-        if not keep(entry.get("split")):
+        entry_split = _optional_str(entry.get("split"))
+        if not keep(entry_split):
             continue
         answers = [_clean_text(str(a)) for a in entry["answers"] if a is not None]
         answers = [a for a in answers if a]
@@ -1018,9 +1039,9 @@ def _simple_vqa_from(data: Any, path: Path, image_root: Optional[PathLike], spli
                 question=question,
                 answers=answers,
                 answer_counts=answer_counts,
-                split=entry.get("split"),
-                question_type=entry.get("question_type"),
-                answer_type=entry.get("answer_type"),
+                split=entry_split,
+                question_type=_optional_str(entry.get("question_type")),
+                answer_type=_optional_str(entry.get("answer_type")),
                 multi_label=counts is None,
                 meta=meta,
             )
@@ -1159,7 +1180,8 @@ def read_records(path: PathLike, image_root: Optional[PathLike] = None, **kwargs
         result = _vqa2_from(data, path, annotations, annotations_path, image_root, split)
     else:  # vqa2_annotations: find the questions
         questions_path = kwargs.pop("questions_path", None)
-        questions_path = questions_path or _paired_vqa_file(path, "questions", data.get("data_subtype"))
+        subtype = _optional_str(data.get("data_subtype"))
+        questions_path = questions_path or _paired_vqa_file(path, "questions", subtype)
         if questions_path is None:
             raise DatasetFormatError(
                 f"{path} holds VQA answers only; put the matching *_questions.json beside it or pass questions_path="
