@@ -162,3 +162,15 @@ def test_cli_writes_a_world(tmp_path, capsys):
 def test_bad_arguments_raise(tmp_path, kwargs):
     with pytest.raises(ValueError):
         generate_world(tmp_path, **kwargs)
+
+
+def test_readers_agree_on_ids_and_splits(world):
+    from vlptm.data.readers import read_records
+
+    out = world[0]
+    splits = {}
+    for name in ("captions.json", "vqa.json", "instances.json"):
+        records = read_records(out / name, image_root=out / "images")
+        for r in records:
+            assert splits.setdefault(r.image_id, (r.split, r.path.name)) == (r.split, r.path.name), name
+    assert len(splits) == NUM

@@ -8,7 +8,9 @@ real data travel one path:
 - ``instances.json`` — COCO detection JSON; categories are shapes, each annotation also carries
   ``attribute_ids`` = [colour id, size id] into the top-level ``attribute_categories`` list.
 - ``captions.json`` — ``[{"image", "captions", "split", "image_id"}]`` (the format of ``../shared/data``).
-- ``vqa.json`` — ``[{"image", "question", "answers", "split", "question_type", "answer_type"}]``.
+- ``vqa.json`` — ``[{"image", "image_id", "question", "answers", "split", "question_type", "answer_type"}]``.
+
+The three files agree on image ids (COCO image id = scene index + 1) and splits.
 
 Captions and questions are derived from the same object list as the boxes, so they always agree with them.
 
@@ -460,7 +462,8 @@ def generate_world(out_dir: str | os.PathLike, num_images: int, seed: int = 0, i
     for item in items:
         scene: Scene = item["scene"]
         image_id = scene.index + 1
-        images.append({"id": image_id, "file_name": scene.file_name, "width": image_size, "height": image_size})
+        images.append({"id": image_id, "file_name": scene.file_name, "width": image_size, "height": image_size,
+                       "split": scene.split})
         for obj in scene.objects:
             x1, y1, x2, y2 = obj.box
             annotations.append({
@@ -471,7 +474,7 @@ def generate_world(out_dir: str | os.PathLike, num_images: int, seed: int = 0, i
         captions.append({"image": scene.file_name, "captions": item["captions"], "split": scene.split,
                          "image_id": image_id})
         for q in item["questions"]:
-            questions.append({"image": scene.file_name, "split": scene.split, **q})
+            questions.append({"image": scene.file_name, "image_id": image_id, "split": scene.split, **q})
     instances = {
         "info": {"description": "vlptm generated scene world", "seed": seed, "image_size": image_size},
         "images": images,
