@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "vlptm.commands.train_detector",
     "vlptm.commands.pretrain",
     "vlptm.commands.plot_log",
+    "vlptm.commands.finetune_vqa",
 )
 
 
