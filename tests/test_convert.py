@@ -160,7 +160,7 @@ def _uniter_dump(rng: np.random.Generator, n: int, dtype=np.float32):
 
 def _assert_uniter_record(store: FeatureStore, image_id: str, dump, size=None) -> None:
     regions = store[image_id]
-    f16 = lambda a: torch.from_numpy(np.asarray(a).astype(np.float16).astype(np.float32))  # noqa: E731
+    f16 = lambda a: torch.from_numpy(np.asarray(a).astype(np.float16).astype(np.float32))
     assert torch.equal(regions.features, f16(dump["features"]))
     assert torch.equal(regions.cls_probs, f16(dump["soft_labels"]))
     assert torch.equal(regions.scores, torch.from_numpy(dump["conf"].astype(np.float32)))

@@ -20,7 +20,12 @@ from vlptm.data.scenes import generate_world
 from vlptm.detection import build_extractor
 from vlptm.features import FeatureStore, read_errors
 from vlptm.features.check import check_store
-from vlptm.features.extract import extract_to_store, list_images, parse_shard, shard_items
+from vlptm.features.extract import (
+    extract_to_store,
+    list_images,
+    parse_shard,
+    shard_items,
+)
 
 SIDE = 64  # generated images are SIDE x SIDE; the grid extractor runs at that size
 

@@ -42,7 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vlptm.data.images import DEFAULT_MAX_PIXELS
     from vlptm.detection import build_extractor
-    from vlptm.features.extract import extract_to_store, list_images, parse_shard, shard_items
+    from vlptm.features.extract import (
+        extract_to_store,
+        list_images,
+        parse_shard,
+        shard_items,
+    )
     from vlptm.features.store import StoreError
 
     try:

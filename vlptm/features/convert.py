@@ -38,8 +38,9 @@ How the peers' fields map onto :class:`~vlptm.structures.RegionFeatures`:
   ``c + 1``, as the Caffe detector's ``cls_prob`` was laid out before its argmax): ``objects_conf`` in the
   argmax column and the remaining mass ``1 - conf`` spread evenly over the other columns, so the
   confidence survives exactly, rows sum to 1, and the id stays the argmax whenever ``conf > 1 / (K + 1)``
-  (always, for the class argmax of a real ``K + 1``-way softmax whose background is not the maximum). ``num_attrs`` does the same for attributes (column 0 =
-  "no attribute", as in the detector's ``attr_prob``).
+  (always, for the class argmax of a real ``K + 1``-way softmax whose background is not the maximum).
+  ``num_attrs`` does the same for attributes (column 0 = "no attribute", as in the detector's
+  ``attr_prob``).
 - Features (and soft labels) are stored as float16.
 
 Converting is resumable like extraction: ids already committed to the store are skipped, and a record

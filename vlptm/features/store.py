@@ -37,13 +37,17 @@ feature dims and extractor config hash match it. Readers merge all writer files 
 
 Memory: :meth:`FeatureStore.open` reads only the small per-shard ``ids``, ``offsets`` and
 ``image_sizes`` arrays and keeps one sorted id array plus four integers per image (about 50 bytes per
-image with 20-character ids: ~5 MB for 100k images). Region arrays are memory-mapped on first access,
-a bounded number of shards at a time (least recently used shards are unmapped).
+image with 20-character ids: ~5 MB for 100k images). Region arrays are memory-mapped (``mmap``) on first
+access, at most ``max_open_shards`` shards at a time (least recently used shards are unmapped, which
+also bounds open file descriptors). A read copies the image's rows out of the maps and then tells the
+kernel to drop those pages from the process (``madvise(MADV_DONTNEED)``; they stay in the page cache),
+so random reads over a large store leave the resident set size flat.
 """
 from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -55,9 +59,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, 
 
 import numpy as np
 
-if TYPE_CHECKING:  # torch and RegionFeatures are imported lazily (check-store and converters need numpy only)
-    import torch
-
+if TYPE_CHECKING:  # RegionFeatures (and torch) are imported lazily: check-store and converters need numpy only
     from vlptm.structures import RegionFeatures
 
 __all__ = [
@@ -279,7 +281,7 @@ class FeatureStore:
         (torch.Size([36, 1280]), torch.Size([36, 7]))
     """
 
-    def __init__(self, path: PathLike, *, max_open_shards: int = 16, as_float32: bool = True) -> None:
+    def __init__(self, path: PathLike, *, max_open_shards: int = 64, as_float32: bool = True) -> None:
         """Prefer :meth:`open`. ``as_float32`` converts fp16 features and soft labels to float32 on read."""
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
@@ -288,11 +290,11 @@ class FeatureStore:
         self.attr_dim: Optional[int] = self.manifest.get("attr_dim")
         self.as_float32 = bool(as_float32)
         self.max_open_shards = max(1, int(max_open_shards))
-        self._open: "OrderedDict[int, Dict[str, np.ndarray]]" = OrderedDict()
+        self._open: "OrderedDict[int, Dict[str, _MappedNpy]]" = OrderedDict()
         self._load_index()
 
     @classmethod
-    def open(cls, path: PathLike, *, max_open_shards: int = 16, as_float32: bool = True) -> "FeatureStore":
+    def open(cls, path: PathLike, *, max_open_shards: int = 64, as_float32: bool = True) -> "FeatureStore":
         """Opens a store directory without reading its region arrays.
 
         Args:
@@ -412,13 +414,7 @@ class FeatureStore:
         Raises:
             KeyError: the id is not in the store.
         """
-        pos = self._require(image_id)
-        arrays = self._shard_arrays(int(self._shard_of[pos]))
-        start = int(self._starts[pos])
-        stop = start + int(self._counts[pos])
-        out = {name: np.array(array[start:stop]) for name, array in arrays.items()}
-        out["image_size"] = self._sizes[pos].astype(np.int64)
-        return out
+        return self._read(self._require(image_id), float32=False)
 
     def get(self, image_id: Any) -> "RegionFeatures":
         """One image's regions as :class:`~vlptm.structures.RegionFeatures` (CPU tensors).
@@ -426,12 +422,10 @@ class FeatureStore:
         Raises:
             KeyError: the id is not in the store.
         """
-        import torch
-
         from vlptm.structures import RegionFeatures
 
-        arrays = self.get_arrays(image_id)
-        return RegionFeatures.from_numpy_dict(arrays, dtype=torch.float32 if self.as_float32 else None)
+        # numpy's float16 -> float32 cast (while copying out of the map) is much cheaper than torch's
+        return RegionFeatures.from_numpy_dict(self._read(self._require(image_id), float32=self.as_float32))
 
     def __getitem__(self, image_id: Any) -> "RegionFeatures":
         return self.get(image_id)
@@ -459,27 +453,81 @@ class FeatureStore:
             raise KeyError(f"image id {image_id!r} is not in the feature store {self.path}")
         return pos
 
-    def _shard_arrays(self, shard_index: int) -> Dict[str, np.ndarray]:
-        arrays = self._open.get(shard_index)
-        if arrays is not None:
+    def _read(self, pos: int, float32: bool) -> Dict[str, np.ndarray]:
+        """Copies one image's rows out of the shard maps (casting soft labels and features if ``float32``)."""
+        maps = self._shard_maps(int(self._shard_of[pos]))
+        start = int(self._starts[pos])
+        stop = start + int(self._counts[pos])
+        out = {name: mapped.rows(start, stop, np.float32 if float32 and name in _CASTABLE else None)
+               for name, mapped in maps.items()}
+        out["image_size"] = self._sizes[pos].astype(np.int64)
+        return out
+
+    def _shard_maps(self, shard_index: int) -> Dict[str, "_MappedNpy"]:
+        maps = self._open.get(shard_index)
+        if maps is not None:
             self._open.move_to_end(shard_index)
-            return arrays
+            return maps
         info = self.shards[shard_index]
         shard_dir = self.path / SHARDS_DIR / info.name
         names = list(_REGION_ARRAYS) + [n for n in _PROB_ARRAYS if self.manifest.get(_PROB_DIM_KEYS[n])]
-        arrays = {}
+        maps = {}
         for name in names:
             try:
-                arrays[name] = np.load(shard_dir / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                maps[name] = _MappedNpy(shard_dir / f"{name}.npy")
             except (OSError, ValueError) as err:
                 raise StoreError(f"shard {info.name} of {self.path}: cannot map {name}.npy: {err}") from err
-            if arrays[name].shape[0] != info.num_regions:
-                raise StoreError(f"shard {info.name} of {self.path}: {name}.npy has {arrays[name].shape[0]} rows, "
-                                 f"the writer file says {info.num_regions}")
-        self._open[shard_index] = arrays
+            if maps[name].shape[:1] != (info.num_regions,):
+                raise StoreError(f"shard {info.name} of {self.path}: {name}.npy has shape {maps[name].shape}, "
+                                 f"the writer file says {info.num_regions} rows")
+        self._open[shard_index] = maps
         while len(self._open) > self.max_open_shards:
-            self._open.popitem(last=False)  # dropping the last reference unmaps the file
-        return arrays
+            self._open.popitem(last=False)  # dropping the last reference unmaps the file and closes its descriptor
+        return maps
+
+
+_CASTABLE = ("features", "cls_probs", "attr_probs")
+_PAGE = mmap.PAGESIZE
+_CAN_DROP_PAGES = hasattr(mmap, "MADV_DONTNEED") and hasattr(mmap.mmap, "madvise")
+
+
+class _MappedNpy:
+    """A read-only memory map of one C-order ``.npy`` file that copies rows out and then drops the pages it
+    touched from this process's mappings (``madvise(MADV_DONTNEED)``): they stay in the OS page cache, so
+    re-reading is cheap, but a long run of random reads does not inflate the resident set size."""
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            if fortran or dtype.hasobject:
+                raise ValueError(f"{path.name}: expected a C-order array of plain values")
+            self.offset = f.tell()
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.row_bytes = int(dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64)))
+        count = int(np.prod(self.shape, dtype=np.int64))
+        if self.offset + count * dtype.itemsize > len(self._map):
+            raise ValueError(f"{path.name} is shorter than its header says ({len(self._map)} bytes)")
+        self.array = np.frombuffer(self._map, dtype=dtype, count=count, offset=self.offset).reshape(self.shape)
+
+    def rows(self, start: int, stop: int, cast: Optional[np.dtype] = None) -> np.ndarray:
+        """A copy of rows ``start:stop`` (cast while copying when ``cast`` is given)."""
+        view = self.array[start:stop]
+        out = view.astype(cast) if cast is not None else view.copy()
+        if _CAN_DROP_PAGES and stop > start:
+            first = self.offset + start * self.row_bytes
+            aligned = first - first % _PAGE
+            length = self.offset + stop * self.row_bytes - aligned
+            try:
+                self._map.madvise(mmap.MADV_DONTNEED, aligned, length)
+            except (OSError, ValueError):
+                pass
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------------
