@@ -276,3 +276,16 @@ def test_errors_file_round_trip(tmp_path):
         writer.log_error({"image_id": "y", "reason": "missing"})
     assert [(e["image_id"], e["reason"]) for e in read_errors(tmp_path / "s")] == [("x", "truncated"),
                                                                                    ("y", "missing")]
+
+
+def test_float32_store_keeps_features_exactly(tmp_path):
+    rng = np.random.default_rng(4)
+    regions = _regions(rng, 5)
+    with _writer(tmp_path / "s", feature_dtype="float32") as writer:
+        writer.add("x", regions)
+    store = FeatureStore.open(tmp_path / "s", as_float32=False)
+    assert store.manifest["feature_dtype"] == "float32"
+    stored = store["x"]
+    assert torch.equal(stored.features, regions.features) and torch.equal(stored.cls_probs, regions.cls_probs)
+    with pytest.raises(StoreMismatchError, match="feature_dtype"):
+        _writer(tmp_path / "s")  # float16 writer on a float32 store

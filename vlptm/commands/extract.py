@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="autocast dtype")
     parser.add_argument("--max-pixels", type=int, default=None,
                         help="refuse images with more pixels than this (default: the loader's limit)")
+    parser.add_argument("--feature-dtype", choices=("float16", "float32"), default="float16",
+                        help="storage dtype of features and soft labels (default float16)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device, amp=None if args.amp == "none" else args.amp, writer_name=writer_name,
             images_per_shard=args.images_per_shard,
             max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
-            progress=not args.no_progress,
+            feature_dtype=args.feature_dtype, progress=not args.no_progress,
         )
     except StoreError as err:
         print(f"extract: {err}")

@@ -205,6 +205,7 @@ def extract_to_store(
     writer_name: str = "main",
     images_per_shard: int = 512,
     max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+    feature_dtype: str = "float16",
     progress: bool = True,
 ) -> ExtractionSummary:
     """Extracts every not-yet-committed image of ``items`` into the store at ``out``.
@@ -222,6 +223,7 @@ def extract_to_store(
         writer_name: the store writer's name (a resumed run must reuse it; concurrent runs need distinct ones).
         images_per_shard: a shard is committed after the batch that brings it to this many images.
         max_pixels: images with more pixels are refused (``too_large``) before decoding.
+        feature_dtype: storage dtype of features and soft labels (``float16`` or ``float32``).
         progress: show a tqdm bar with images/s.
 
     Returns:
@@ -246,7 +248,7 @@ def extract_to_store(
         out, feature_dim=int(extractor.feature_dim), cls_dim=cls_dim, attr_dim=attr_dim,
         extractor_name=extractor_name, extractor_config_hash=extractor.config_hash(),
         extractor_config={"kind": type(extractor).__name__, "config": config_to_dict(config)} if config else None,
-        writer_name=writer_name, images_per_shard=images_per_shard,
+        writer_name=writer_name, images_per_shard=images_per_shard, feature_dtype=feature_dtype,
     )
     summary = ExtractionSummary()
     run_id = uuid.uuid4().hex[:12]
