@@ -1,0 +1,295 @@
+"""A pretrained model seen from retrieval: embeddings for the index, ITM scores for re-ranking.
+
+:class:`RetrievalModel` wraps a :class:`~vlptm.objectives.PretrainingModel` (an encoder of either stream type
+with its ITC projections and ITM head) together with the tokenizer and the text/region limits it was
+trained with, and turns captions and :class:`~vlptm.structures.RegionFeatures` into batches the same way
+pretraining did (:mod:`vlptm.data.pretrain`): the first ``max_regions`` regions of an image, box positions in
+the encoder's convention, captions cut at ``max_text_len`` tokens.
+
+Its :attr:`~RetrievalModel.fingerprint` is a digest of the encoder configuration and every weight; an index
+records it, so opening an index with another model is an error instead of silent nonsense.
+
+Shape legend: B batch, T text tokens, R regions, D region feature dim, P position dim, E embedding size,
+N layers x heads (attention maps).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vlptm.structures import RegionFeatures
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class RetrievalModelError(ValueError):
+    """The model lacks what a retrieval step needs (e.g. no ITM head for re-ranking)."""
+
+
+@dataclass
+class Regions:
+    """One image's region tensors as the encoder reads them: ``feats (r, D)``, ``pos (r, P)``."""
+
+    feats: Tensor
+    pos: Tensor
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class RetrievalModel:
+    """Embeddings and matching scores of a pretrained model, in inference mode.
+
+    Args:
+        model: a :class:`~vlptm.objectives.PretrainingModel` with an ITC head (for embeddings) and,
+            for re-ranking, an ITM head.
+        tokenizer: its BERT tokenizer (:func:`vlptm.text.load_tokenizer`).
+        max_regions: regions per image the model sees (the first ones of the store).
+        max_text_len: tokens per caption including [CLS] and [SEP].
+        source: where the weights came from (recorded in index manifests).
+        device: where the model runs (default CUDA when available).
+        autocast_dtype: ``torch.bfloat16`` / ``torch.float16`` for autocast, ``None`` for fp32.
+
+    Example:
+        >>> from vlptm.models import create_model
+        >>> from vlptm.objectives import PretrainingModel
+        >>> from vlptm.text import load_tokenizer
+        >>> net = PretrainingModel(create_model("single-tiny", region_feat_dim=8), tasks=["itc", "itm"],
+        ...                        itc_embed_dim=16)
+        >>> model = RetrievalModel(net, load_tokenizer(), device="cpu")
+        >>> model.embed_texts(["a red circle", "two squares"]).shape
+        (2, 16)
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_regions: int = 36, max_text_len: int = 40,
+                 source: str = "", device: Union[str, torch.device, None] = None,
+                 autocast_dtype: Optional[torch.dtype] = None) -> None:
+        if getattr(model, "itc", None) is None:
+            raise RetrievalModelError("the model has no ITC head: retrieval embeddings come from the ITC "
+                                      "projections (pretrain with the 'itc' task)")
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.net = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.max_regions = int(max_regions)
+        self.max_text_len = int(max_text_len)
+        self.source = str(source)
+        self.autocast_dtype = autocast_dtype
+        self.pos_dim = int(model.encoder.config.region_pos_dim)
+        self.region_feat_dim = int(model.encoder.config.region_feat_dim)
+        self.embed_dim = int(model.itc.text_proj.out_features)
+        self._fingerprint: Optional[str] = None
+
+    # -- construction -----------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: PathLike, *, device: Union[str, torch.device, None] = None,
+                        autocast_dtype: Optional[torch.dtype] = None) -> "RetrievalModel":
+        """Load a pretraining run (its latest checkpoint), ``RUN/checkpoint`` or a step directory.
+
+        The tokenizer, ``max_regions`` and ``max_text_len`` are read from the run's recipe.
+
+        Raises:
+            FileNotFoundError: no pretraining checkpoint at ``path``.
+        """
+        import yaml
+
+        from vlptm.text import load_tokenizer
+        from vlptm.train.checkpoint import CONFIG_FILE, resolve_checkpoint
+        from vlptm.train.pretrain import load_pretraining_model
+
+        checkpoint = resolve_checkpoint(path)
+        if checkpoint is None:
+            raise FileNotFoundError(f"no pretraining checkpoint at {path}")
+        recipe = yaml.safe_load((checkpoint / CONFIG_FILE).read_text()) or {}
+        data = recipe.get("data") or {}
+        return cls(load_pretraining_model(str(checkpoint)), load_tokenizer(data.get("tokenizer", "minilm-l6")),
+                   max_regions=int(data.get("max_regions", 36)), max_text_len=int(data.get("max_text_len", 40)),
+                   source=str(checkpoint), device=device, autocast_dtype=autocast_dtype)
+
+    @property
+    def has_itm(self) -> bool:
+        """Whether the model has an ITM head (needed for re-ranking)."""
+        return getattr(self.net, "itm", None) is not None
+
+    @property
+    def fingerprint(self) -> str:
+        """Hex digest of the encoder type, configuration and every weight (computed once)."""
+        if self._fingerprint is None:
+            digest = hashlib.blake2b(digest_size=16)
+            encoder = self.net.encoder
+            config = {"model_type": encoder.model_type, **encoder.config.to_dict()}
+            config.pop("gradient_checkpointing", None)
+            config.pop("attention_backend", None)
+            digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+            for name, tensor in sorted(self.net.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def describe(self) -> Dict[str, Any]:
+        """What an index manifest records about this model."""
+        return {"fingerprint": self.fingerprint, "source": self.source,
+                "encoder": self.net.encoder.model_type, "embed_dim": self.embed_dim,
+                "max_regions": self.max_regions, "max_text_len": self.max_text_len}
+
+    # -- inputs -----------------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> List[np.ndarray]:
+        """Token ids of each text, ``[CLS] ... [SEP]``, cut at ``max_text_len``."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_text_len)["input_ids"]
+        return [np.asarray(ids, dtype=np.int64) for ids in encoded]
+
+    def regions(self, features: RegionFeatures) -> Regions:
+        """The first ``max_regions`` regions of an image as encoder inputs.
+
+        Raises:
+            RetrievalModelError: the features are not as wide as the encoder's ``region_feat_dim``.
+        """
+        if features.feature_dim != self.region_feat_dim:
+            raise RetrievalModelError(f"region features are {features.feature_dim}-d but the model expects "
+                                      f"{self.region_feat_dim}-d: the index and model must use the same extractor")
+        kept = features[: self.max_regions]
+        pos = (kept.normalized_positions(self.pos_dim) if self.pos_dim
+               else torch.zeros(len(kept), 0))  # (r, P)
+        return Regions(feats=kept.features.float(), pos=pos.float())
+
+    def text_batch(self, ids: Sequence[np.ndarray]) -> Dict[str, Tensor]:
+        """Pad token id arrays into ``input_ids, attention_mask, token_type_ids (B, T)`` on the device."""
+        length = max(len(a) for a in ids)
+        input_ids = torch.zeros(len(ids), length, dtype=torch.long)  # (B, T)
+        mask = torch.zeros(len(ids), length, dtype=torch.long)  # (B, T)
+        for i, array in enumerate(ids):
+            input_ids[i, : len(array)] = torch.from_numpy(array)
+            mask[i, : len(array)] = 1
+        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device),
+                "token_type_ids": torch.zeros_like(input_ids).to(self.device)}
+
+    def region_batch(self, regions: Sequence[Regions]) -> Dict[str, Tensor]:
+        """Pad images' regions into ``region_feats (B, R, D)``, ``region_pos (B, R, P)``, ``region_mask (B, R)``."""
+        length = max(1, max(len(r.feats) for r in regions))
+        feats = torch.zeros(len(regions), length, self.region_feat_dim)  # (B, R, D)
+        pos = torch.zeros(len(regions), length, self.pos_dim)  # (B, R, P)
+        mask = torch.zeros(len(regions), length, dtype=torch.long)  # (B, R)
+        for i, r in enumerate(regions):
+            feats[i, : len(r.feats)] = r.feats
+            pos[i, : len(r.pos)] = r.pos
+            mask[i, : len(r.feats)] = 1
+        return {"region_feats": feats.to(self.device), "region_pos": pos.to(self.device),
+                "region_mask": mask.to(self.device)}
+
+    # -- embeddings ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """``(B, E)`` float32 unit-norm ITC text embeddings."""
+        ids = self.tokenize(texts)
+        out = np.zeros((len(ids), self.embed_dim), dtype=np.float32)
+        order = np.argsort([len(a) for a in ids], kind="stable")  # similar lengths together: less padding
+        for start in range(0, len(order), batch_size):
+            rows = order[start: start + batch_size]
+            with _autocast(self.device, self.autocast_dtype):
+                emb = self.net.embed_text(self.text_batch([ids[i] for i in rows]))  # (b, E)
+            out[rows] = emb.float().cpu().numpy()
+        return out
+
+    @torch.inference_mode()
+    def embed_regions(self, regions: Sequence[Regions], batch_size: int = 128) -> np.ndarray:
+        """``(B, E)`` float32 unit-norm ITC image embeddings of images given as :class:`Regions`."""
+        out = np.zeros((len(regions), self.embed_dim), dtype=np.float32)
+        for start in range(0, len(regions), batch_size):
+            chunk = regions[start: start + batch_size]
+            with _autocast(self.device, self.autocast_dtype):
+                emb = self.net.embed_images(self.region_batch(chunk))  # (b, E)
+            out[start: start + len(chunk)] = emb.float().cpu().numpy()
+        return out
+
+    def embed_store(self, store: Any, image_ids: Sequence[str], batch_size: int = 128,
+                    progress: bool = False) -> np.ndarray:
+        """``(B, E)`` image embeddings of ``image_ids`` read from a :class:`~vlptm.features.FeatureStore`."""
+        from tqdm import tqdm
+
+        out = np.zeros((len(image_ids), self.embed_dim), dtype=np.float32)
+        starts = range(0, len(image_ids), batch_size)
+        for start in tqdm(starts, desc="embedding images", unit="batch", disable=not progress):
+            chunk = [self.regions(store[i]) for i in image_ids[start: start + batch_size]]
+            out[start: start + len(chunk)] = self.embed_regions(chunk, batch_size)
+        return out
+
+    # -- matching -----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def itm_scores(self, text_ids: Sequence[np.ndarray], regions: Sequence[Regions],
+                   pairs: Union[np.ndarray, Sequence[Tuple[int, int]]], batch_size: int = 128) -> np.ndarray:
+        """ITM matching probabilities of ``(text, image)`` pairs, computed in padded batches.
+
+        Args:
+            text_ids: token id arrays (:meth:`tokenize`).
+            regions: images (:meth:`regions`).
+            pairs: ``(P, 2)`` rows ``(text index, image index)`` into the two lists.
+            batch_size: pairs per forward pass.
+
+        Returns:
+            ``(P,)`` float32 probabilities that the text describes the image.
+
+        Raises:
+            RetrievalModelError: the model has no ITM head.
+        """
+        if not self.has_itm:
+            raise RetrievalModelError("the model has no ITM head: re-ranking needs a model pretrained with 'itm'")
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)  # (P, 2)
+        out = np.zeros(len(pairs), dtype=np.float32)
+        # pairs sorted by text length, then region count, so each batch pads little
+        lengths = np.array([len(a) for a in text_ids])[pairs[:, 0]] if len(pairs) else np.zeros(0)
+        counts = np.array([len(r.feats) for r in regions])[pairs[:, 1]] if len(pairs) else np.zeros(0)
+        order = np.lexsort((counts, lengths))
+        for start in range(0, len(order), batch_size):
+            rows = order[start: start + batch_size]
+            batch = self.text_batch([text_ids[t] for t in pairs[rows, 0]])
+            batch.update(self.region_batch([regions[i] for i in pairs[rows, 1]]))
+            with _autocast(self.device, self.autocast_dtype):
+                pooled = self.net.encoder(batch).pooled  # (b, H)
+                probs = self.net.itm.score(pooled)  # (b,)
+            out[rows] = probs.float().cpu().numpy()
+        return out
+
+    @torch.inference_mode()
+    def word_region_attention(self, text: str, features: RegionFeatures) -> Tuple[List[str], np.ndarray, float]:
+        """How much each word of ``text`` attends to each region of one image, and their ITM score.
+
+        The maps of the encoder's cross-modal layers are averaged over layers and heads, [CLS]/[SEP] are
+        dropped and each word's row is rescaled to sum to one over the regions.
+
+        Returns:
+            ``(tokens, attention (T', r), itm_probability)``: WordPiece tokens without the special ones, their
+            ``(T', r)`` attention over the first ``r = min(R, max_regions)`` regions, and the ITM probability
+            (NaN without an ITM head).
+        """
+        ids = self.tokenize([text])
+        regions = self.regions(features)
+        batch = self.text_batch(ids)
+        batch.update(self.region_batch([regions]))
+        with _autocast(self.device, self.autocast_dtype):
+            output = self.net.encoder(batch, output_attentions=True)
+        maps = torch.stack([a.float() for a in output.cross_attentions])  # (L, 1, N, T, R)
+        attention = maps.mean(dim=(0, 2))[0]  # (T, R)
+        attention = attention[1:-1, : len(regions.feats)]  # (T', r) without [CLS] and [SEP]
+        attention = attention / attention.sum(dim=1, keepdim=True).clamp_min(1e-12)  # (T', r)
+        tokens = self.tokenizer.convert_ids_to_tokens(ids[0][1:-1].tolist())
+        score = float(self.net.itm.score(output.pooled)[0]) if self.has_itm else float("nan")
+        return tokens, attention.cpu().numpy(), score
+
