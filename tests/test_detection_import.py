@@ -12,13 +12,15 @@ from vlptm.structures import RegionFeatures
 @pytest.fixture(scope="module")
 def torchvision_model():
     torch.manual_seed(0)  # random weights: there is no model hub here, and equality does not need trained ones
-    return fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=320, max_size=480).eval()
+    return fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=160, max_size=240,
+                                   rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=100).eval()
 
 
 def test_same_weights_give_torchvision_detections(torchvision_model, tmp_path):
     path = tmp_path / "frcnn.pth"
     torch.save({"model": torchvision_model.state_dict(), "epoch": 3}, path)  # reference-script layout
-    config = torchvision_extractor_config("resnet50", num_classes=91, min_size=320, max_size=480)
+    config = torchvision_extractor_config("resnet50", num_classes=91, min_size=160, max_size=240,
+                                          **{"rpn.pre_nms_top_n_test": 100, "rpn.post_nms_top_n_test": 100})
     extractor = import_torchvision_checkpoint(path, config=config)
     g = torch.Generator().manual_seed(1)
     images = [torch.rand(3, 240, 320, generator=g), torch.rand(3, 300, 200, generator=g)]
@@ -56,10 +58,12 @@ def test_converter_script_writes_a_loadable_extractor(torchvision_model, tmp_pat
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     torch.save(torchvision_model.state_dict(), tmp_path / "frcnn.pth")
-    assert module.main([str(tmp_path / "frcnn.pth"), str(tmp_path / "out"), "--min-size=320", "--max-size=480",
+    assert module.main([str(tmp_path / "frcnn.pth"), str(tmp_path / "out"), "--min-size=160", "--max-size=240",
                         "--fixed-boxes=36"]) == 0
     extractor = build_extractor(tmp_path / "out")
-    assert extractor.config.selection.fixed_boxes == 36 and extractor.config.min_size == 320
+    assert extractor.config.selection.fixed_boxes == 36 and extractor.config.min_size == 160
+    # The script keeps torchvision's 1000 proposals; match the fixture's 100 to compare detections.
+    extractor.rpn._pre_nms_top_n["testing"] = extractor.rpn._post_nms_top_n["testing"] = 100
     image = torch.rand(3, 200, 240, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         expected = torchvision_model([image])[0]

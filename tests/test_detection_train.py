@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_detection import tiny_config
 
 from vlptm.cli import main
 from vlptm.data.scenes import generate_world
@@ -13,8 +14,6 @@ from vlptm.detection import RegionExtractor
 from vlptm.detection.data import DetectionDataset, LabelSpace, collate_detection, hflip, read_detection_data
 from vlptm.detection.evaluate import attribute_accuracy, coco_map
 from vlptm.detection.train import lr_factor, train_steps
-
-from test_detection import tiny_config
 
 # Command-line overrides that make the scene recipe tiny (seconds per step on one CPU core).
 TINY_CLI = ["--backbone.fpn_channels=32", "--roi_heads.representation_size=64", "--min_size=128", "--max_size=160",
@@ -73,7 +72,8 @@ def test_training_steps_lower_the_loss(world):
         while True:
             yield batch
 
-    steps = train_steps(model, repeat(), optimizer, lambda s: 5e-4, lambda s: s >= 12, on_step=lambda s, l: seen.append(l))
+    steps = train_steps(model, repeat(), optimizer, lambda s: 5e-4, lambda s: s >= 12,
+                        on_step=lambda step, losses: seen.append(losses))
     assert steps == 12 and all(p.grad is not None for n, p in model.named_parameters()
                                 if p.requires_grad and n.startswith(("roi_heads", "attribute_head", "rpn")))
     with torch.no_grad():

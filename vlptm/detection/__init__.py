@@ -30,7 +30,7 @@ _EXPORTS = {
     "train_detector": "train",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

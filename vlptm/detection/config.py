@@ -12,7 +12,6 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
-
 __all__ = [
     "BackboneConfig",
     "SelectionConfig",

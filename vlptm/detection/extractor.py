@@ -130,7 +130,7 @@ class RegionExtractor(nn.Module):
             scalar; their (weighted) sum is ``losses["total"]``.
         """
         if not self.training:
-            raise RuntimeError("RegionExtractor.losses needs train() mode (torchvision's RPN computes its loss only then)")
+            raise RuntimeError("RegionExtractor.losses needs train() mode (torchvision's RPN only has losses then)")
         image_list, targets = self.transform(_to_float_images(images, self.device), [dict(t) for t in targets])
         features = self.backbone(image_list.tensors)  # {level: (B, F, h, w)}
         proposals, rpn_losses = self.rpn(image_list, features, targets)
@@ -208,7 +208,8 @@ class RegionExtractor(nn.Module):
             class_boxes = self.roi_heads.box_coder.decode(regression.float(), proposals)  # (P_total, C, 4)
             counts = [len(p) for p in proposals]
             chosen: List[Tuple[Tensor, Tensor]] = []
-            for img_boxes, img_probs, props, size in zip(class_boxes.split(counts), probs.split(counts), proposals, sizes):
+            per_image = zip(class_boxes.split(counts), probs.split(counts), proposals, sizes)
+            for img_boxes, img_probs, props, size in per_image:
                 if sel.box_source == "proposals":
                     img_boxes = props[:, None, :].expand_as(img_boxes)  # (P, C, 4)
                 else:

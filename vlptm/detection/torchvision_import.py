@@ -29,7 +29,8 @@ def torchvision_extractor_config(arch: str = "resnet50", num_classes: int = 91, 
 
     Class names are torchvision's COCO names when ``num_classes == 91``, else ``class_<i>``.
     """
-    names = default_class_names() if num_classes == 91 else ["__background__"] + [f"class_{i}" for i in range(1, num_classes)]
+    names = default_class_names() if num_classes == 91 else ["__background__"] + [
+        f"class_{i}" for i in range(1, num_classes)]
     config = ExtractorConfig(
         backbone=BackboneConfig(name=f"torchvision:{arch}", weights="none", out_indices=(1, 2, 3, 4),
                                 fpn_channels=256, extra_max_pool=True, trainable_stages=3, frozen_bn=True),

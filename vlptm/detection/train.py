@@ -5,8 +5,9 @@ The loop is plain: :func:`train_steps` runs optimisation steps until a stop cond
 learning rate warms up linearly over ``warmup_steps`` and then follows a cosine over the *time* budget
 (or the step budget, whichever runs out first), so a 15-minute run anneals fully whatever the machine's
 speed. The time budget is wall-clock by default; ``budget_clock="process"`` counts this process's CPU time
-instead (summed over its threads), which keeps a budget comparable on a machine shared with other jobs. Checkpoints are written every ``checkpoint_minutes`` into ``OUT/ckpt-<step>/`` and published by
-atomically replacing ``OUT/last.json``; a rerun with the same ``OUT`` resumes from it.
+instead (summed over its threads), which keeps a budget comparable on a machine shared with other jobs.
+Checkpoints are written every ``checkpoint_minutes`` into ``OUT/ckpt-<step>/`` and published by atomically
+replacing ``OUT/last.json``; a rerun with the same ``OUT`` resumes from it.
 
 Output: ``OUT/model/`` (the trained extractor, loadable with ``RegionExtractor.load`` or
 ``build_extractor``), ``OUT/metrics.json`` (evaluation), ``OUT/train_config.json``, ``OUT/log.jsonl``.
@@ -148,7 +149,8 @@ def train_detector(config: DetectorTrainConfig, model_overrides: Optional[Mappin
 
     def on_step(step: int, losses: Dict[str, float]) -> None:
         if step % config.log_every == 0 or step == 1:
-            record = {"step": step, "elapsed": round(elapsed(), 1), "cpu": round(cpu_elapsed(), 1), **{k: round(v, 5) for k, v in losses.items()}}
+            record = {"step": step, "elapsed": round(elapsed(), 1), "cpu": round(cpu_elapsed(), 1),
+                      **{k: round(v, 5) for k, v in losses.items()}}
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
             logger.info("step %d  %.0fs  loss %.4f  %s", step, elapsed(), losses["total"],
