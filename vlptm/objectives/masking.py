@@ -5,7 +5,7 @@ Text schemes (``scheme``):
 - ``"token"`` (BERT): every maskable token is selected with probability ``prob``.
 - ``"whole_word"``: every word (a token plus its ``##`` continuation pieces) is selected with probability
   ``prob``, all its pieces together, so ``prob`` of the tokens are selected in expectation.
-- ``"span"`` (SpanBERT): span lengths in words ~ Geometric(``span_p``) clipped at ``span_max``
+- ``"span"`` (SpanBERT): span lengths in words ~ Geometric(``span_p``) truncated to ``1..span_max``
   (mean 3.8 for p = 0.2, max 10), each at a random starting word, until ``prob`` of the tokens are covered.
 
 Selected tokens are replaced by ``[MASK]`` 80% of the time, a random token 10% and kept 10% (decided per
@@ -24,9 +24,15 @@ IGNORE_INDEX = -100
 TEXT_MASKING_SCHEMES = ("token", "whole_word", "span")
 
 
+def span_length_probs(p: float = 0.2, max_len: int = 10) -> np.ndarray:
+    """SpanBERT's span-length distribution: Geometric(``p``) on ``1..max_len``, renormalised; ``(max_len,)``."""
+    probs = p * (1.0 - p) ** np.arange(max_len)
+    return probs / probs.sum()
+
+
 def sample_span_lengths(rng: np.random.Generator, size: int, p: float = 0.2, max_len: int = 10) -> np.ndarray:
-    """SpanBERT span lengths: Geometric(``p``) on 1, 2, ... clipped at ``max_len``; ``(size,)`` int64."""
-    return np.minimum(rng.geometric(p, size=size), max_len).astype(np.int64)
+    """Draw ``(size,)`` span lengths from :func:`span_length_probs` (mean 3.8 for p = 0.2, max 10)."""
+    return rng.choice(np.arange(1, max_len + 1), size=size, p=span_length_probs(p, max_len)).astype(np.int64)
 
 
 def _words(maskable: np.ndarray, word_start: np.ndarray) -> List[np.ndarray]:
