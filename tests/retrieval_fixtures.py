@@ -48,3 +48,100 @@ def make_model(kind: str = "single-tiny", seed: int = 0, tasks=("itc", "itm")):
     net = PretrainingModel(create_model(kind, region_feat_dim=FEATURE_DIM), tasks=list(tasks), itc_embed_dim=24)
     return RetrievalModel(net, load_tokenizer(), max_regions=10, max_text_len=24, source=f"fresh-{kind}-{seed}",
                           device="cpu")
+
+
+def make_checkpoint(run_dir: Path, world: Path, store: Path, model: str = "single-tiny", steps: int = 2) -> Path:
+    """A pretraining run of ``steps`` steps (ITC + ITM) through the real ``pretrain`` entry point."""
+    from vlptm.config import build_config
+    from vlptm.train import PretrainConfig, pretrain
+
+    recipe = {
+        "model": model, "run_dir": str(run_dir), "progress": False, "log_every": 1, "save_every": 1000,
+        "data": {"sources": [{"captions": str(world / "captions.json"), "features": str(store)}],
+                 "batch_size": 4, "max_regions": 10, "max_text_len": 24},
+        "tasks": {"weights": {"itc": 1.0, "itm": 1.0}, "itc_embed_dim": 24},
+        "optim": {"max_steps": steps, "warmup_steps": 1, "lr": 1e-4},
+    }
+    return pretrain(build_config(PretrainConfig, recipe, []))
+
+
+_ASSETS: dict = {}
+
+
+def built_assets() -> dict:
+    """World, store, a 2-step pretraining run and an index with captions, built once per test process.
+
+    Returns:
+        ``{"root", "world", "store", "run", "index"}`` paths (under a temporary folder removed at exit).
+    """
+    if not _ASSETS:
+        import atexit
+        import shutil
+        import tempfile
+
+        from vlptm.features.store import FeatureStore
+        from vlptm.retrieval import RetrievalModel
+        from vlptm.retrieval.build import build_index
+
+        root = Path(tempfile.mkdtemp(prefix="vlptm-retrieval-"))
+        atexit.register(shutil.rmtree, root, True)
+        world, store = make_world(root, num_images=12)
+        run = make_checkpoint(root / "run", world, store)
+        index = root / "index"
+        build_index(RetrievalModel.from_checkpoint(run, device="cpu"), FeatureStore.open(store), index,
+                    images=world / "captions.json", captions=world / "captions.json", progress=False)
+        _ASSETS.update(root=root, world=world, store=store, run=run, index=index)
+    return dict(_ASSETS)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """``vlptm serve`` in a subprocess (real uvicorn on loopback); a context manager that stops it."""
+
+    def __init__(self, index: Path, port: int = 0, startup_timeout: float = 90.0) -> None:
+        self.index, self.port, self.startup_timeout = index, port or free_port(), startup_timeout
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    def __enter__(self) -> "ServerProcess":
+        import os
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+        self.log = open(Path(self.index).parent / f"serve-{self.port}.log", "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vlptm.cli", "serve", "--index", str(self.index), "--port", str(self.port),
+             "--device", "cpu"], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vlptm serve exited with {self.process.returncode}; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(self.url + "/api/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        self.__exit__(None, None, None)
+        raise TimeoutError(f"vlptm serve did not answer within {self.startup_timeout}s; see {self.log.name}")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except Exception:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()

@@ -22,6 +22,10 @@ _COMMAND_MODULES = (
     "vlptm.commands.train_detector",
     "vlptm.commands.pretrain",
     "vlptm.commands.plot_log",
+    "vlptm.commands.index",
+    "vlptm.commands.search",
+    "vlptm.commands.eval_retrieval",
+    "vlptm.commands.serve",
     "vlptm.commands.finetune_vqa",
 )
 

@@ -35,7 +35,7 @@ def image_paths(source: PathLike, image_root: Optional[PathLike] = None) -> Dict
 
 def _store_extractor(store: Any) -> Dict[str, Any]:
     extractor = store.manifest.get("extractor") or {}
-    return {"name": extractor.get("name"), "config_hash": extractor.get("config_hash"), "store": str(store.path)}
+    return {"name": extractor.get("name"), "config_hash": extractor.get("config_hash"), "store": str(Path(store.path).resolve())}
 
 
 def _open_or_new(out: Path, model: RetrievalModel, factory: str, modality: str, extractor: Mapping[str, Any],
@@ -142,3 +142,34 @@ def open_index(path: PathLike, model: RetrievalModel, store: Any = None) -> Dict
     if (path / CAPTIONS_DIR / "manifest.json").is_file():
         captions = EmbeddingIndex.load(path / CAPTIONS_DIR, model_fingerprint=model.fingerprint)
     return {"images": images, "captions": captions}
+
+
+def open_searcher(index: PathLike, model: Optional[PathLike] = None, store: Optional[PathLike] = None, *,
+                  rerank: int = 16, itc_weight: float = 0.0, device: Optional[str] = None) -> Any:
+    """A :class:`~vlptm.retrieval.Searcher` on an index directory.
+
+    Args:
+        index: the index directory.
+        model: the pretraining checkpoint; default: the one the index manifest names.
+        store: the feature store; default: the one the index manifest names.
+        rerank: candidates re-ranked by ITM per query (0: ITC only).
+        itc_weight: ITC weight in the final score.
+        device: where the model runs.
+
+    Raises:
+        IndexFormatError, IndexMismatchError: see :func:`open_index`.
+        FileNotFoundError: the model or store is gone.
+    """
+    from vlptm.features.store import FeatureStore
+    from vlptm.retrieval.search import Searcher
+
+    manifest = read_index_manifest(index)
+    model_path = model or (manifest.get("model") or {}).get("source")
+    store_path = store or (manifest.get("extractor") or {}).get("store")
+    if not model_path:
+        raise ValueError(f"{index} does not name its model: pass the checkpoint explicitly")
+    retrieval_model = RetrievalModel.from_checkpoint(model_path, device=device)
+    feature_store = FeatureStore.open(store_path) if store_path else None
+    indexes = open_index(index, retrieval_model, feature_store)
+    return Searcher(retrieval_model, indexes["images"], feature_store, indexes["captions"], rerank=rerank,
+                    itc_weight=itc_weight)

@@ -322,13 +322,18 @@ class EmbeddingIndex:
             raise RetrievalIndexError("rescore needs the raw vectors (keep_vectors=True)")
         fetch = min(self.ntotal, max(kk, int(rescore)) + len(self._hidden))
         self._apply_search_params()
-        scores, labels = self._index.search(array, fetch)  # (Q, fetch)
+        while True:
+            scores, labels = self._index.search(array, fetch)  # (Q, fetch)
+            rows = []
+            for q in range(len(array)):
+                keep = [i for i, label in enumerate(labels[q].tolist()) if label >= 0 and label not in self._hidden]
+                rows.append((labels[q][keep].tolist(), scores[q][keep]))
+            if fetch >= self.ntotal or not self._hidden or min(len(r) for r, _ in rows) >= kk:
+                break
+            fetch = min(self.ntotal, 2 * fetch)  # hidden labels crowded the candidates out: look further
         out_scores = np.full((len(array), kk), -np.inf, dtype=np.float32)
         out_ids: List[List[str]] = []
-        for q in range(len(array)):
-            keep = [i for i, label in enumerate(labels[q].tolist()) if label >= 0 and label not in self._hidden]
-            row = labels[q][keep].tolist()
-            row_scores = scores[q][keep]  # (fetch',)
+        for q, (row, row_scores) in enumerate(rows):
             if rescore:
                 row_scores = self._vectors[row] @ array[q]  # (fetch,)
                 order = np.argsort(-row_scores, kind="stable")

@@ -119,7 +119,7 @@ class RetrievalModel:
         data = recipe.get("data") or {}
         return cls(load_pretraining_model(str(checkpoint)), load_tokenizer(data.get("tokenizer", "minilm-l6")),
                    max_regions=int(data.get("max_regions", 36)), max_text_len=int(data.get("max_text_len", 40)),
-                   source=str(checkpoint), device=device, autocast_dtype=autocast_dtype)
+                   source=str(Path(path).resolve()), device=device, autocast_dtype=autocast_dtype)
 
     @property
     def has_itm(self) -> bool:

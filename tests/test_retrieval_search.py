@@ -1,0 +1,136 @@
+"""Two-stage search and word-to-region attention with freshly initialised tiny encoders of both stream types."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval_fixtures import make_model, make_world
+from vlptm.features.store import FeatureStore
+from vlptm.retrieval import EmbeddingIndex, IndexMismatchError, RetrievalModelError, Searcher
+from vlptm.retrieval.build import build_index, open_index
+
+ENCODERS = ["single-tiny", "dual-tiny"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    world_dir, store_dir = make_world(root, num_images=12, seed=1)
+    return {"root": root, "world": world_dir, "store": FeatureStore.open(store_dir)}
+
+
+@pytest.fixture(scope="module", params=ENCODERS)
+def searcher(request, world):
+    model = make_model(request.param)
+    out = world["root"] / f"index-{request.param}"
+    build_index(model, world["store"], out, images=world["world"] / "captions.json",
+                captions=world["world"] / "captions.json", progress=False)
+    indexes = open_index(out, model, world["store"])
+    return Searcher(model, indexes["images"], world["store"], indexes["captions"], rerank=6)
+
+
+def test_index_holds_every_store_image_with_its_file(searcher, world):
+    store = world["store"]
+    assert sorted(searcher.images.ids()) == sorted(store.ids())
+    for image_id in store.ids():
+        assert Path(searcher.images.payload(image_id)).is_file()
+    from vlptm.data.readers import read_records
+
+    records = list(read_records(world["world"] / "captions.json"))
+    assert len(searcher.captions) == sum(len(r.captions) for r in records)
+    first = records[0]
+    assert searcher.captions.payload(f"{first.image_id}#1") == first.captions[1]
+
+
+def test_text_to_image_reranks_by_itm(searcher, world):
+    model = searcher.model
+    queries = ["a red circle", "two large blue squares on a stripes background"]
+    results = searcher.text_to_image(queries, k=4)
+    assert [len(r) for r in results] == [4, 4]
+    itc_only = searcher.text_to_image(queries, k=6, rerank=0)
+    for q, hits in enumerate(results):
+        assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+        candidates = {h.item_id for h in itc_only[q]}
+        assert {h.item_id for h in hits} <= candidates  # re-ranking only reorders the FAISS candidates
+        for hit in hits:  # the batched, padded ITM score equals the pair scored alone
+            alone = model.itm_scores(model.tokenize([queries[q]]), [model.regions(world["store"][hit.item_id])],
+                                     [(0, 0)])[0]
+            assert hit.itm == pytest.approx(float(alone), abs=1e-5)
+            expected_itc = float(model.embed_texts([queries[q]])[0] @ searcher.images.vector(hit.item_id))
+            assert hit.itc == pytest.approx(expected_itc, abs=1e-5)
+
+
+def test_image_to_text_returns_captions(searcher, world):
+    image_id = world["store"].ids()[0]
+    hits = searcher.image_to_text([world["store"][image_id]], k=3)[0]
+    assert len(hits) == 3 and all(isinstance(h.payload, str) and h.payload for h in hits)
+    assert all(h.itm is not None for h in hits)
+
+
+def test_word_region_attention_rows_are_distributions(searcher, world):
+    image_id = world["store"].ids()[2]
+    out = searcher.word_region_attention("a small red circle", image_id)
+    attention = np.asarray(out["attention"])
+    assert out["tokens"] == ["a", "small", "red", "circle"]
+    assert attention.shape == (4, len(out["boxes"]))
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-4)
+    assert out["image_size"] == list(world["store"].image_size(image_id))
+    with pytest.raises(KeyError):
+        searcher.word_region_attention("x", "no-such-image")
+
+
+def test_index_of_another_model_is_refused(world):
+    model_a, model_b = make_model("single-tiny", seed=0), make_model("single-tiny", seed=1)
+    assert model_a.fingerprint != model_b.fingerprint
+    out = world["root"] / "index-a"
+    build_index(model_a, world["store"], out, progress=False)
+    with pytest.raises(IndexMismatchError, match="vlptm index"):
+        open_index(out, model_b, world["store"])
+    with pytest.raises(IndexMismatchError):
+        Searcher(model_b, EmbeddingIndex.load(out), world["store"])
+    with pytest.raises(IndexMismatchError):  # rebuilding into it with another model needs rebuild=True
+        build_index(model_b, world["store"], out, progress=False)
+    assert build_index(model_b, world["store"], out, rebuild=True, progress=False)["added"] == 12
+
+
+def test_incremental_build_adds_and_removes(world, tmp_path):
+    from vlptm.features.store import FeatureStoreWriter
+
+    model = make_model("single-tiny")
+    store_dir = tmp_path / "store"
+    source = world["store"]
+    ids = source.ids()
+
+    def write(chosen, writer_name):
+        with FeatureStoreWriter(store_dir, feature_dim=source.feature_dim, extractor_name="test-gt-boxes",
+                                extractor_config_hash="feedbeef", writer_name=writer_name) as writer:
+            for image_id in chosen:
+                arrays = source.get_arrays(image_id)
+                writer.add_arrays(image_id, boxes=arrays["boxes"], features=arrays["features"],
+                                  scores=arrays["scores"], image_size=arrays["image_size"])
+            writer.commit()
+
+    write(ids[:8], "first")
+    first = build_index(model, FeatureStore.open(store_dir), tmp_path / "index", progress=False)
+    write(ids[8:], "second")
+    second = build_index(model, FeatureStore.open(store_dir), tmp_path / "index", progress=False)
+    assert (first["added"], second["added"], second["images"]) == (8, 4, 12)
+    fresh = build_index(model, FeatureStore.open(store_dir), tmp_path / "fresh", progress=False)
+    assert fresh["images"] == 12
+    query = model.embed_texts(["a green star"])
+    a = EmbeddingIndex.load(tmp_path / "index").search(query, k=12)
+    b = EmbeddingIndex.load(tmp_path / "fresh").search(query, k=12)
+    assert a[1] == b[1]
+
+
+def test_model_without_itm_head_cannot_rerank(world):
+    model = make_model("single-tiny", tasks=("itc",))
+    with pytest.raises(RetrievalModelError, match="ITM"):
+        model.itm_scores(model.tokenize(["a"]), [model.regions(world["store"][world["store"].ids()[0]])], [(0, 0)])
+    out = world["root"] / "index-itc-only"
+    build_index(model, world["store"], out, progress=False)
+    searcher = Searcher(model, EmbeddingIndex.load(out), world["store"], rerank=8)
+    hits = searcher.text_to_image(["a red circle"], k=3)[0]
+    assert [h.itm for h in hits] == [None, None, None]  # falls back to ITC ranking
