@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vlptm-installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test install browser clean-venv
 
 install: $(STAMP)
 
@@ -20,8 +20,16 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/vlptm demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The demo's browser test drives Debian's Chromium (playwright comes with the demo extra); as root this
+# installs it, otherwise it says how (the test skips, with that reason, when no chromium is found).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq chromium) || \
+	    echo "browser: could not install chromium; tests/test_browser.py will skip"; \
+	  else echo "browser: run 'sudo apt-get install -y chromium' to run tests/test_browser.py (it skips without)"; fi; }
 
 clean-venv:
 	rm -rf $(VENV)
