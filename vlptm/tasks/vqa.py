@@ -60,6 +60,7 @@ _ENCODER_DIR = "encoder"
 _HEAD_FILE = "head.safetensors"
 _EXTRACTOR_DIR = "extractor"
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_CACHED_IMAGES = 1024  # region arrays kept in memory per data set (a 36 x 2048 float32 image is 0.3 MB)
 _THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01)  # 1.01: the top answer alone
 
 
@@ -206,6 +207,7 @@ class _VQADataset(Dataset):
                 logger.info("%d training questions have no answer in the %d-answer vocabulary; not trained on",
                             self.unanswerable, len(vocab))
         self.records = records
+        self._cache: Dict[str, Dict[str, np.ndarray]] = {}
         self.labels = [np.fromiter(t.keys(), np.int64, len(t)) for t in targets]
         self.scores = [np.fromiter(t.values(), np.float32, len(t)) for t in targets]
         encoded = tokenizer([r.question for r in records], truncation=True, max_length=options.max_text_len)
@@ -233,8 +235,18 @@ class _VQADataset(Dataset):
         item = {"input_ids": self.text_ids[index], "labels": self.labels[index], "scores": self.scores[index],
                 "index": index}
         if self.options.use_regions:
-            item.update(regions_to_arrays(self.features[record.image_id], self.options.max_regions, self.pos_dim))
+            item.update(self._regions(record.image_id))
         return item
+
+    def _regions(self, image_id: str) -> Dict[str, np.ndarray]:
+        """An image's region arrays, cached (an image has several questions; LRU of ``_CACHED_IMAGES``)."""
+        arrays = self._cache.pop(image_id, None)
+        if arrays is None:
+            arrays = regions_to_arrays(self.features[image_id], self.options.max_regions, self.pos_dim)
+            if len(self._cache) >= _CACHED_IMAGES:
+                self._cache.pop(next(iter(self._cache)))
+        self._cache[image_id] = arrays
+        return arrays
 
 
 def regions_to_arrays(regions: RegionFeatures, max_regions: int, pos_dim: int) -> Dict[str, np.ndarray]:
@@ -304,6 +316,10 @@ class VQAHead(nn.Module):
         for linear in (self.dense, self.out):
             nn.init.normal_(linear.weight, std=initializer_range)
             nn.init.zeros_(linear.bias)
+        # Start every answer at the prior probability 1/A rather than 0.5 (as RetinaNet's classifier), so
+        # early steps do not go into pushing all A sigmoids down from 0.5.
+        if num_answers > 1:
+            nn.init.constant_(self.out.bias, -math.log(num_answers - 1))
 
     @property
     def num_answers(self) -> int:
@@ -464,9 +480,10 @@ class VQAFineTuner:
                                         f"model")
         elif str(checkpoint) in list_models():
             encoder = create_model(str(checkpoint), **model_overrides)
+        elif len(path.parts) == 1 and not path.suffix:
+            raise KeyError(f"unknown model {str(checkpoint)!r} (no such folder either); known models: {list_models()}")
         else:
-            raise FileNotFoundError(f"no checkpoint or folder at {checkpoint!s}, and it is not a model variant "
-                                    f"({list_models()})")
+            raise FileNotFoundError(f"no checkpoint or folder at {checkpoint!s}")
         return cls(encoder, vocab, options, extractor=extractor)
 
     def _build_model(self, head: Optional[VQAHead] = None) -> None:
@@ -735,10 +752,15 @@ class VQAFineTuner:
             from vlptm.detection import build_extractor
 
             self.extractor = build_extractor(self.options.extractor)
-            if self.options.extractor_hash and self.extractor.config_hash() != self.options.extractor_hash:
+            try:
+                found = self.extractor.config_hash()
+            except Exception as err:  # the check is advisory; an unhashable extractor still extracts
+                logger.warning("cannot compute the config hash of extractor %s (%s)", self.options.extractor, err)
+                found = self.options.extractor_hash
+            if self.options.extractor_hash and found != self.options.extractor_hash:
                 logger.warning("extractor %s differs from the one behind the training features (config hash %s "
-                               "!= %s): predictions on raw images may be off", self.options.extractor,
-                               self.extractor.config_hash(), self.options.extractor_hash)
+                               "!= %s): predictions on raw images may be off", self.options.extractor, found,
+                               self.options.extractor_hash)
         return self.extractor.eval()
 
     # -- files --------------------------------------------------------------------------------------------
