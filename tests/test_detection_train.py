@@ -45,6 +45,20 @@ def test_dataset_targets_match_the_annotations(world):
     assert target["attributes"][0, colour] == 1
 
 
+def test_dataset_without_attributes(world, tmp_path):
+    data = json.loads((world / "instances.json").read_text())
+    del data["attribute_categories"]
+    for ann in data["annotations"]:
+        del ann["attribute_ids"]
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    (tmp_path / "images").symlink_to(world / "images")
+    records = read_detection_data(tmp_path)
+    labels = LabelSpace.from_records(records)
+    assert labels.attribute_names == []
+    _, target = DetectionDataset(records.records, labels)[0]
+    assert target["attributes"].shape == (len(records.records[0].boxes_xyxy), 0)
+
+
 def test_hflip_mirrors_boxes_with_the_pixels():
     image = torch.zeros(3, 10, 20, dtype=torch.uint8)
     image[:, 2:5, 1:4] = 255  # object at x in [1, 4), y in [2, 5)

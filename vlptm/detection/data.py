@@ -120,7 +120,7 @@ class DetectionDataset(Dataset):
         return {
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),  # (M, 4)
             "labels": torch.tensor(labels, dtype=torch.int64),  # (M,)
-            "attributes": torch.tensor(attrs, dtype=torch.float32).reshape(-1, num_attrs),  # (M, A)
+            "attributes": torch.tensor(attrs, dtype=torch.float32).reshape(len(boxes), num_attrs),  # (M, A)
             "image_id": record.image_id,
         }
 
