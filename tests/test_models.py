@@ -369,3 +369,45 @@ def test_config_dataclass_round_trips_through_json():
     config = get_model_config("dual-small", region_feat_dim=320)
     again = type(config)(**json.loads(json.dumps(dataclasses.asdict(config))))
     assert again == config
+
+
+@pytest.mark.parametrize("name", ["single-tiny", "dual-tiny"])
+def test_attention_backends_agree_and_default_inference_uses_sdpa(name, monkeypatch):
+    import vlptm.models.layers as layers
+
+    results = {}
+    for backend in ("sdpa", "explicit", "auto"):
+        encoder = build(name, {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+                        attention_backend=backend).train()
+        out = encoder(make_batch(encoder))
+        (out.text_hidden.pow(2).sum() + out.pooled.sum()).backward()
+        results[backend] = (out.region_hidden.detach(), encoder.cross_layers[0].cross_attention.qkv.weight.grad
+                            if name.startswith("dual") else encoder.layers[0].attention.qkv.weight.grad)
+    for backend in ("explicit", "auto"):
+        torch.testing.assert_close(results[backend][0], results["sdpa"][0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(results[backend][1], results["sdpa"][1], atol=1e-5, rtol=1e-4)
+    calls = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real_sdpa(*a, **k))
+    encoder = build(name, {}).eval()
+    with torch.no_grad():
+        encoder(make_batch(encoder))
+    assert len(calls) > 0  # the default inference path runs on SDPA
+
+
+def test_fast_dropout_keep_rate_and_scaling():
+    from vlptm.models.layers import dropout, keep_mask
+
+    torch.manual_seed(0)
+    mask = keep_mask((1000, 1000), 0.1, torch.empty(0, dtype=torch.bfloat16))
+    assert mask.dtype == torch.bfloat16 and set(mask.unique().tolist()) == {0.0, 1.0}
+    assert abs(mask.float().mean().item() - 0.9) < 2e-3
+    x = torch.ones(1000, 1000)
+    y = dropout(x, 0.25, training=True)
+    assert abs(y.mean().item() - 1.0) < 5e-3
+    assert y.unique().tolist() == pytest.approx([0.0, 4 / 3])
+    assert torch.equal(dropout(x, 0.25, training=False), x)
+    torch.manual_seed(1)
+    a = keep_mask((64,), 0.5, x)
+    torch.manual_seed(1)
+    assert torch.equal(a, keep_mask((64,), 0.5, x))  # follows torch.manual_seed

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Type,
 # Region-embedding styles (see ``vlptm.models.layers.RegionEmbeddings``).
 REGION_EMBEDDING_STYLES = ("uniter", "lxmert", "visualbert")
 HIDDEN_ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+ATTENTION_BACKENDS = ("auto", "sdpa", "explicit")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class EncoderConfig:
     region_token_type: int = 1  # token-type row added to regions by the "uniter" style
     text_init: str = ""  # BERT folder / hub name / alias ("minilm-l6") to initialise text weights from
     gradient_checkpointing: bool = False  # recompute layer activations in backward to save memory
+    attention_backend: str = "auto"  # "sdpa", "explicit", or "auto": SDPA except CPU autograd passes
 
     def validate(self) -> None:
         """Raise ``ValueError`` on inconsistent fields."""
@@ -49,6 +51,8 @@ class EncoderConfig:
             raise ValueError(f"region_embedding must be one of {REGION_EMBEDDING_STYLES}, got {self.region_embedding!r}")
         if self.hidden_act not in HIDDEN_ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {HIDDEN_ACTIVATIONS}, got {self.hidden_act!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
         if self.region_embedding == "visualbert" and self.region_pos_dim != 0:
             raise ValueError("region_embedding='visualbert' has no box positions: set region_pos_dim=0")
         if self.region_embedding != "visualbert" and self.region_pos_dim <= 0:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from vlptm.models.base import EncoderOutput, VisionLanguageEncoder
 from vlptm.models.config import DualStreamConfig
-from vlptm.models.layers import (CrossModalLayer, Pooler, RegionEmbeddings, TextEmbeddings, TransformerLayer,
+from vlptm.models.layers import (CrossModalLayer, autocast_dtype, Pooler, RegionEmbeddings, TextEmbeddings, TransformerLayer,
                                  masked_mean, padding_bias)
 
 
@@ -51,7 +51,7 @@ class DualStreamEncoder(VisionLanguageEncoder):
         self.region_embeddings = RegionEmbeddings(c.region_feat_dim, c.region_pos_dim, c.hidden_size,
                                                   c.region_embedding, c.layer_norm_eps, c.hidden_dropout_prob)
         block = (c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_act,
-                 c.attention_probs_dropout_prob, c.hidden_dropout_prob, c.layer_norm_eps)
+                 c.attention_probs_dropout_prob, c.hidden_dropout_prob, c.layer_norm_eps, c.attention_backend)
         self.text_layers = nn.ModuleList(TransformerLayer(*block) for _ in range(c.num_text_layers))
         self.region_layers = nn.ModuleList(TransformerLayer(*block) for _ in range(c.num_region_layers))
         self.cross_layers = nn.ModuleList(CrossModalLayer(*block) for _ in range(c.num_cross_layers))
@@ -81,11 +81,13 @@ class DualStreamEncoder(VisionLanguageEncoder):
         text = regions = None
         if x.has_text:
             text = self.text_embeddings(x.input_ids, x.token_type_ids)  # (B, T, H)
+            text = text.to(autocast_dtype(text))
             text_bias = padding_bias(x.attention_mask)  # (B, 1, 1, T)
             for layer in self.text_layers:
                 text, _ = self._layer(layer, text, text_bias)
         if x.has_regions:
             regions = self.embed_regions(x.region_feats, x.region_pos, x.region_masked)  # (B, R, H)
+            regions = regions.to(autocast_dtype(regions))
             region_bias = padding_bias(x.region_mask)  # (B, 1, 1, R)
             for layer in self.region_layers:
                 regions, _ = self._layer(layer, regions, region_bias)

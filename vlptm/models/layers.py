@@ -28,30 +28,105 @@ _ACTIVATIONS = {
 }
 
 
+def autocast_dtype(x: Tensor) -> torch.dtype:
+    """The dtype activations are kept in: the autocast dtype when autocast is on for ``x``'s device.
+
+    Under autocast the encoders cast their embeddings to it, so the residual stream, LayerNorm outputs and
+    dropout masks stay in bf16/fp16 (LayerNorm still accumulates in fp32) instead of mixing fp32 and bf16
+    in every residual add; weights and their gradients stay fp32.
+    """
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
 def padding_bias(mask: Tensor) -> Tensor:
     """Turn a ``(B, L)`` 1/0 key mask into the additive ``(B, 1, 1, L)`` bias every attention takes."""
     return (1.0 - mask.to(torch.float32))[:, None, None, :] * MASK_BIAS  # (B, 1, 1, L)
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float, return_probs: bool = False
-           ) -> Tuple[Tensor, Optional[Tensor]]:
+def keep_mask(shape: Tuple[int, ...], p: float, like: Tensor) -> Tensor:
+    """A dropout keep-mask of ``shape`` in ``like``'s dtype: 1 with probability ``1 - p``, else 0.
+
+    On CPU it draws 64 random bits per four elements and thresholds 16-bit chunks (keep probability exact to
+    1/65536), about five times faster than ``bernoulli_``; elsewhere it uses ``bernoulli_``.
+    """
+    if like.device.type != "cpu":
+        return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - p)
+    numel = math.prod(shape)
+    bits = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(-(2 ** 63), None)
+    chunks = bits.view(torch.int16)[:numel].view(shape)  # uniform over [-32768, 32767]
+    mask = torch.empty(shape, dtype=like.dtype)
+    return torch.ge(chunks, round(-32768 + p * 65536), out=mask)  # compare and cast in one pass
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """``F.dropout`` with the fast CPU keep-mask of :func:`keep_mask`."""
+    if not training or p == 0.0:
+        return x
+    return x * keep_mask(tuple(x.shape), p, x).mul_(1.0 / (1.0 - p))
+
+
+def residual_dropout(residual: Tensor, x: Tensor, p: float, training: bool) -> Tensor:
+    """``residual + dropout(x)`` in one fused ``addcmul`` when training."""
+    if not training or p == 0.0:
+        return residual + x
+    return torch.addcmul(residual, x, keep_mask(tuple(x.shape), p, x), value=1.0 / (1.0 - p))
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` drawing its mask with :func:`keep_mask`."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _explicit_path(q: Tensor, backend: str) -> bool:
+    if backend == "explicit":
+        return True
+    if backend == "sdpa":
+        return False
+    # "auto": on CPU, SDPA's backward is the slower one (with dropout it falls back to its own unfused math
+    # path; without, the flash kernel's bf16 backward is ~4x slower than two matmuls and a softmax here).
+    return q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float, return_probs: bool = False,
+           backend: str = "auto") -> Tuple[Tensor, Optional[Tensor]]:
     """Scaled dot-product attention of ``(B, N, Lq, d)`` queries on ``(B, N, Lk, d)`` keys/values.
 
     Args:
         bias: additive key bias, ``(B, 1, 1, Lk)`` (see :func:`padding_bias`).
         dropout_p: dropout on the attention probabilities (pass 0 in eval).
-        return_probs: also return the ``(B, N, Lq, Lk)`` probabilities (explicit softmax path).
+        return_probs: also return the ``(B, N, Lq, Lk)`` probabilities (explicit softmax path, fp32 softmax).
+        backend: "sdpa" (``F.scaled_dot_product_attention``), "explicit" (matmul-softmax-matmul) or "auto":
+            SDPA except for CPU autograd passes (see :class:`~vlptm.models.config.EncoderConfig`).
 
     Returns:
         ``(context (B, N, Lq, d), probs or None)``.
     """
     bias = bias.to(q.dtype)
-    if not return_probs:
+    if not return_probs and not _explicit_path(q, backend):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p), None
-    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1]) + bias  # (B, N, Lq, Lk)
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, N, Lq, Lk)
-    context = torch.matmul(F.dropout(probs, dropout_p, training=dropout_p > 0), v)  # (B, N, Lq, d)
-    return context, probs
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1])).add_(bias)  # (B, N, Lq, Lk)
+    if return_probs:
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, N, Lq, Lk)
+    else:
+        probs = torch.softmax(scores, dim=-1)  # (B, N, Lq, Lk)
+    if dropout_p > 0.0:
+        context = torch.matmul(probs * keep_mask(tuple(probs.shape), dropout_p, probs), v)  # (B, N, Lq, d)
+        context = context.mul_(1.0 / (1.0 - dropout_p))
+    else:
+        context = torch.matmul(probs, v)  # (B, N, Lq, d)
+    return context, (probs if return_probs else None)
 
 
 class TextEmbeddings(nn.Module):
@@ -73,7 +148,7 @@ class TextEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(max_positions, hidden_size)
         self.token_type_embeddings = nn.Embedding(type_vocab_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
         """``(B, T)`` ids and token types -> ``(B, T, H)``."""
@@ -124,7 +199,7 @@ class RegionEmbeddings(nn.Module):
             self.norm = nn.LayerNorm(hidden_size, eps=eps)
         if style == "visualbert":
             self.modality_embedding = nn.Parameter(torch.zeros(hidden_size))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, feats: Tensor, pos: Optional[Tensor], masked: Optional[Tensor] = None,
                 type_embedding: Optional[Tensor] = None, shared_norm: Optional[nn.LayerNorm] = None) -> Tensor:
@@ -170,17 +245,18 @@ class Attention(nn.Module):
         attention_dropout: dropout on attention probabilities.
         hidden_dropout: dropout on the output projection.
         eps: LayerNorm epsilon.
+        backend: attention kernel, "auto", "sdpa" or "explicit" (see :func:`attend`).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float, hidden_dropout: float,
-                 eps: float) -> None:
+                 eps: float, backend: str = "auto") -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
+        self.backend = backend
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.attention_dropout = attention_dropout
-        self.dropout = nn.Dropout(hidden_dropout)
+        self.attention_dropout, self.hidden_dropout = attention_dropout, hidden_dropout
 
     def _heads(self, x: Tensor, parts: int) -> Tensor:
         batch, length, _ = x.shape
@@ -191,7 +267,7 @@ class Attention(nn.Module):
         return context.transpose(1, 2).reshape(batch, length, -1)  # (B, L, H)
 
     def _output(self, context: Tensor, residual: Tensor) -> Tensor:
-        return self.norm(residual + self.dropout(self.dense(context)))
+        return self.norm(residual_dropout(residual, self.dense(context), self.hidden_dropout, self.training))
 
     def _p(self) -> float:
         return self.attention_dropout if self.training else 0.0
@@ -199,7 +275,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, bias: Tensor, return_probs: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """Self-attention of ``(B, L, H)`` under a ``(B, 1, 1, L)`` key bias -> ``((B, L, H), probs)``."""
         q, k, v = self._heads(self.qkv(x), 3)  # each (B, N, L, d)
-        context, probs = attend(q, k, v, bias, self._p(), return_probs)
+        context, probs = attend(q, k, v, bias, self._p(), return_probs, self.backend)
         return self._output(self._merge(context), x), probs
 
     def cross(self, x: Tensor, ctx: Tensor, ctx_bias: Tensor, return_probs: bool = False
@@ -208,7 +284,7 @@ class Attention(nn.Module):
         hidden = x.shape[-1]
         q = self._heads(F.linear(x, self.qkv.weight[:hidden], self.qkv.bias[:hidden]), 1)[0]  # (B, N, Lq, d)
         k, v = self._heads(F.linear(ctx, self.qkv.weight[hidden:], self.qkv.bias[hidden:]), 2)  # (B, N, Lk, d)
-        context, probs = attend(q, k, v, ctx_bias, self._p(), return_probs)
+        context, probs = attend(q, k, v, ctx_bias, self._p(), return_probs, self.backend)
         return self._output(self._merge(context), x), probs
 
     def bidirectional(self, a: Tensor, a_bias: Tensor, b: Tensor, b_bias: Tensor, return_probs: bool = False
@@ -228,8 +304,9 @@ class Attention(nn.Module):
         both = torch.cat([a, b], dim=1)  # (B, La+Lb, H)
         q, k, v = self._heads(self.qkv(both), 3)  # each (B, N, La+Lb, d)
         ctx_a, probs = attend(q[:, :, :length_a], k[:, :, length_a:], v[:, :, length_a:], b_bias, self._p(),
-                              return_probs)  # (B, N, La, d)
-        ctx_b, _ = attend(q[:, :, length_a:], k[:, :, :length_a], v[:, :, :length_a], a_bias, self._p())
+                              return_probs, self.backend)  # (B, N, La, d)
+        ctx_b, _ = attend(q[:, :, length_a:], k[:, :, :length_a], v[:, :, :length_a], a_bias, self._p(),
+                          backend=self.backend)
         context = torch.cat([self._merge(ctx_a), self._merge(ctx_b)], dim=1)  # (B, La+Lb, H)
         out = self._output(context, both)  # (B, La+Lb, H)
         return out[:, :length_a], out[:, length_a:], probs
@@ -253,11 +330,11 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
         self.activation = _ACTIVATIONS[activation]
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, L, H)`` -> ``(B, L, H)``."""
-        return self.norm(x + self.dropout(self.fc2(self.activation(self.fc1(x)))))
+        return self.norm(residual_dropout(x, self.fc2(self.activation(self.fc1(x))), self.dropout, self.training))
 
 
 class TransformerLayer(nn.Module):
@@ -265,13 +342,13 @@ class TransformerLayer(nn.Module):
 
     Args:
         hidden_size, num_heads, intermediate_size, activation: shapes and FFN activation.
-        attention_dropout, hidden_dropout, eps: as in :class:`Attention`.
+        attention_dropout, hidden_dropout, eps, backend: as in :class:`Attention`.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, activation: str,
-                 attention_dropout: float, hidden_dropout: float, eps: float) -> None:
+                 attention_dropout: float, hidden_dropout: float, eps: float, backend: str = "auto") -> None:
         super().__init__()
-        self.attention = Attention(hidden_size, num_heads, attention_dropout, hidden_dropout, eps)
+        self.attention = Attention(hidden_size, num_heads, attention_dropout, hidden_dropout, eps, backend)
         self.ffn = FeedForward(hidden_size, intermediate_size, activation, hidden_dropout, eps)
 
     def forward(self, x: Tensor, bias: Tensor, return_probs: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
@@ -289,9 +366,9 @@ class CrossModalLayer(nn.Module):
     """
 
     def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, activation: str,
-                 attention_dropout: float, hidden_dropout: float, eps: float) -> None:
+                 attention_dropout: float, hidden_dropout: float, eps: float, backend: str = "auto") -> None:
         super().__init__()
-        args = (hidden_size, num_heads, attention_dropout, hidden_dropout, eps)
+        args = (hidden_size, num_heads, attention_dropout, hidden_dropout, eps, backend)
         self.cross_attention = Attention(*args)
         self.text_attention = Attention(*args)
         self.region_attention = Attention(*args)

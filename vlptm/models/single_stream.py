@@ -12,7 +12,7 @@ from torch import Tensor
 
 from vlptm.models.base import EncoderOutput, VisionLanguageEncoder
 from vlptm.models.config import SingleStreamConfig
-from vlptm.models.layers import Pooler, RegionEmbeddings, TextEmbeddings, TransformerLayer, masked_mean, padding_bias
+from vlptm.models.layers import Pooler, autocast_dtype, RegionEmbeddings, TextEmbeddings, TransformerLayer, masked_mean, padding_bias
 
 
 class SingleStreamEncoder(VisionLanguageEncoder):
@@ -56,7 +56,7 @@ class SingleStreamEncoder(VisionLanguageEncoder):
                                                   c.region_embedding, c.layer_norm_eps, c.hidden_dropout_prob)
         self.layers = torch.nn.ModuleList(
             TransformerLayer(c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_act,
-                             c.attention_probs_dropout_prob, c.hidden_dropout_prob, c.layer_norm_eps)
+                             c.attention_probs_dropout_prob, c.hidden_dropout_prob, c.layer_norm_eps, c.attention_backend)
             for _ in range(c.num_layers)
         )
         self.pooler = Pooler(c.hidden_size)
@@ -91,6 +91,7 @@ class SingleStreamEncoder(VisionLanguageEncoder):
             parts.append(self.embed_regions(x.region_feats, x.region_pos, x.region_masked))  # (B, R, H)
             masks.append(x.region_mask)
         hidden = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, T+R, H)
+        hidden = hidden.to(autocast_dtype(hidden))
         mask = torch.cat([m.to(torch.float32) for m in masks], dim=1)  # (B, T+R)
         bias = padding_bias(mask)  # (B, 1, 1, T+R)
         want_probs = output_attentions and x.has_text and x.has_regions
