@@ -235,3 +235,12 @@ def test_grid_extractor_pools_the_backbone_map():
     expected = fmap[:, :4, 4:8].mean(dim=(1, 2))  # cell (row 0, column 1)
     assert torch.allclose(region.features[1], expected, atol=1e-4)
     assert region.cls_probs is None and torch.equal(region.scores, torch.ones(16))
+
+
+def test_extract_under_bf16_autocast_returns_float32_regions(tiny_extractor):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        regions = tiny_extractor.extract(_images())
+    for r in regions:
+        assert 10 <= len(r) <= 100
+        assert r.features.dtype == r.boxes.dtype == r.cls_probs.dtype == r.attr_probs.dtype == torch.float32
+        assert torch.isfinite(r.features).all() and torch.allclose(r.cls_probs.sum(1), torch.ones(len(r)), atol=1e-3)
