@@ -80,7 +80,8 @@ def _pairs(args: argparse.Namespace):
 
     def hf_lxmert():
         o = lxmert(input_ids=b4["input_ids"], attention_mask=b4["attention_mask"], token_type_ids=b4["token_type_ids"],
-                   visual_feats=b4["region_feats"], visual_pos=b4["region_pos"], visual_attention_mask=b4["region_mask"])
+                   visual_feats=b4["region_feats"], visual_pos=b4["region_pos"],
+                   visual_attention_mask=b4["region_mask"])
         return o.language_output, o.vision_output, o.pooled_output
 
     def ours_dual():

@@ -80,7 +80,7 @@ def _check_against_lxmert(hf_model, encoder):
     _close(fast.region_hidden, ref.vision_output, x["region_mask"])
     _close(fast.pooled, ref.pooled_output)
     assert len(out.cross_attentions) == len(ref.cross_encoder_attentions) == 2
-    for ours, theirs in zip(out.cross_attentions, ref.cross_encoder_attentions):
+    for ours, theirs in zip(out.cross_attentions, ref.cross_encoder_attentions, strict=True):
         _close(ours, theirs)
 
 
@@ -171,7 +171,7 @@ def test_visualbert_state_dict_loads_into_single_stream_and_matches(cls_name):
         _close(o.text_hidden, ref.last_hidden_state[:, :T], x["attention_mask"])
         _close(o.region_hidden, ref.last_hidden_state[:, T:], x["region_mask"])
         _close(o.pooled, ref.pooler_output)
-    for ours, theirs in zip(out.cross_attentions, ref.attentions):
+    for ours, theirs in zip(out.cross_attentions, ref.attentions, strict=True):
         _close(ours, theirs[:, :, :T, T:])
 
 
@@ -286,7 +286,7 @@ def test_uniter_tf_style_layer_norm_names_and_module_prefix():
     assert load_uniter(encoder, renamed, strict=True).complete
     reference = SingleStreamEncoder(infer_uniter_config(state, num_attention_heads=HEADS))
     load_uniter(reference, state)
-    for (name, a), (_, b) in zip(encoder.state_dict().items(), reference.state_dict().items()):
+    for (name, a), (_, b) in zip(encoder.state_dict().items(), reference.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 

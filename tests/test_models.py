@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from vlptm.models import (DualStreamConfig, DualStreamEncoder, EncoderOutput, SingleStreamEncoder, UnsafeCheckpointError,
-                          create_model, from_pretrained, get_model_config, list_models, load_bert,
-                          load_state_dict_file, parse_overrides)
+from vlptm.models import (DualStreamConfig, DualStreamEncoder, EncoderOutput, SingleStreamEncoder,
+                          UnsafeCheckpointError, create_model, from_pretrained, get_model_config, list_models,
+                          load_bert, load_state_dict_file, parse_overrides)
 
 # (variant, overrides): every stream type x region-embedding style, several feature and position dims.
 VARIANTS = [

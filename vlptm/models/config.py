@@ -48,7 +48,8 @@ class EncoderConfig:
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
             )
         if self.region_embedding not in REGION_EMBEDDING_STYLES:
-            raise ValueError(f"region_embedding must be one of {REGION_EMBEDDING_STYLES}, got {self.region_embedding!r}")
+            raise ValueError(
+                f"region_embedding must be one of {REGION_EMBEDDING_STYLES}, got {self.region_embedding!r}")
         if self.hidden_act not in HIDDEN_ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {HIDDEN_ACTIVATIONS}, got {self.hidden_act!r}")
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -58,7 +59,8 @@ class EncoderConfig:
         if self.region_embedding != "visualbert" and self.region_pos_dim <= 0:
             raise ValueError(f"region_embedding={self.region_embedding!r} needs region_pos_dim > 0 (4, 5 or 7)")
         if not 0 <= self.region_token_type < self.type_vocab_size:
-            raise ValueError(f"region_token_type {self.region_token_type} outside type_vocab_size {self.type_vocab_size}")
+            raise ValueError(
+                f"region_token_type {self.region_token_type} outside type_vocab_size {self.type_vocab_size}")
         for name in ("vocab_size", "intermediate_size", "max_position_embeddings", "region_feat_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -117,7 +119,7 @@ def _field_types(config_cls: type) -> Dict[str, Any]:
 def _coerce(key: str, annotation: Any, value: Any) -> Any:
     """Convert ``value`` (a string from the command line, or a Python value) to ``annotation``."""
     origin = typing.get_origin(annotation)
-    if origin is Union or (hasattr(types, "UnionType") and origin is getattr(types, "UnionType")):
+    if origin is Union or origin is getattr(types, "UnionType", Union):
         args = typing.get_args(annotation)
         if value is None or (isinstance(value, str) and value.lower() == "none"):
             if type(None) in args:
@@ -218,7 +220,8 @@ def parse_overrides(args: Iterable[str], config_cls: Optional[Type[EncoderConfig
         types_by_name = _field_types(config_cls)
         unknown = sorted(set(parsed) - set(types_by_name))
         if unknown:
-            raise KeyError(f"unknown override(s) {unknown} for {config_cls.__name__}; valid keys: {sorted(types_by_name)}")
+            raise KeyError(
+                f"unknown override(s) {unknown} for {config_cls.__name__}; valid keys: {sorted(types_by_name)}")
         parsed = {key: _coerce(key, types_by_name[key], value) for key, value in parsed.items()}
     return parsed
 

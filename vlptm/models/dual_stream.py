@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from vlptm.models.base import EncoderOutput, VisionLanguageEncoder
 from vlptm.models.config import DualStreamConfig
-from vlptm.models.layers import (CrossModalLayer, autocast_dtype, Pooler, RegionEmbeddings, TextEmbeddings, TransformerLayer,
-                                 masked_mean, padding_bias)
+from vlptm.models.layers import (CrossModalLayer, Pooler, RegionEmbeddings, TextEmbeddings, TransformerLayer,
+                                 autocast_dtype, masked_mean, padding_bias)
 
 
 class DualStreamEncoder(VisionLanguageEncoder):

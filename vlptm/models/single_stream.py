@@ -12,7 +12,8 @@ from torch import Tensor
 
 from vlptm.models.base import EncoderOutput, VisionLanguageEncoder
 from vlptm.models.config import SingleStreamConfig
-from vlptm.models.layers import Pooler, autocast_dtype, RegionEmbeddings, TextEmbeddings, TransformerLayer, masked_mean, padding_bias
+from vlptm.models.layers import (Pooler, RegionEmbeddings, TextEmbeddings, TransformerLayer, autocast_dtype,
+                                 masked_mean, padding_bias)
 
 
 class SingleStreamEncoder(VisionLanguageEncoder):
@@ -56,7 +57,8 @@ class SingleStreamEncoder(VisionLanguageEncoder):
                                                   c.region_embedding, c.layer_norm_eps, c.hidden_dropout_prob)
         self.layers = torch.nn.ModuleList(
             TransformerLayer(c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_act,
-                             c.attention_probs_dropout_prob, c.hidden_dropout_prob, c.layer_norm_eps, c.attention_backend)
+                             c.attention_probs_dropout_prob, c.hidden_dropout_prob, c.layer_norm_eps,
+                             c.attention_backend)
             for _ in range(c.num_layers)
         )
         self.pooler = Pooler(c.hidden_size)
