@@ -12,11 +12,10 @@ from vlptm.data.images import load_image_tensor
 from vlptm.data.readers import QuestionRecord
 from vlptm.data.scenes import generate_world
 from vlptm.detection import build_extractor
-from vlptm.features import FeatureStore, FeatureStoreWriter
+from vlptm.features import FeatureStoreWriter
 from vlptm.features.extract import list_images
 from vlptm.models import create_model
-from vlptm.structures import RegionFeatures
-from vlptm.tasks import (AnswerVocab, MajorityAnswerBaseline, VQAExamples, VQAFineTuner, VQAHead, VQAModel,
+from vlptm.tasks import (MajorityAnswerBaseline, VQAExamples, VQAFineTuner, VQAHead, VQAModel,
                          VQAOptions, collate_vqa, split_by_image, vqa_loss)
 
 FEATURE_SIDE = 64
@@ -229,3 +228,20 @@ def test_finetune_vqa_command(world, tmp_path, capsys):
     tuner = VQAFineTuner.load(tmp_path / "out" / "model")
     assert len(tuner.answers) == metrics["answers"]
     assert main(["finetune-vqa", "--config", str(recipe), "--optim.no_such_key=1"]) == 2
+
+
+def test_vqa_demo_answers_questions_about_an_image(world, tuned, tmp_path, capsys):
+    import importlib.util
+
+    tuner, _ = tuned
+    folder = tuner.save(tmp_path / "demo-model")
+    script = Path(__file__).resolve().parents[1] / "demos" / "vqa_demo.py"
+    spec = importlib.util.spec_from_file_location("vqa_demo", script)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    record = world["val"].records[0]
+    assert demo.main(["--model", str(folder), "--image", str(record.path), "--top-k", "2", record.question]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == f"Q: {record.question}" and len(lines) == 4
+    assert lines[2].split(maxsplit=1)[1] == tuner.predict(record.path, record.question, 1)[0][0]
+    assert demo.main(["--model", str(folder), "--image", str(tmp_path / "missing.jpg"), "what?"]) == 2

@@ -551,7 +551,8 @@ class VQAFineTuner:
         val_set = self._dataset(val, train=False) if val is not None else None
         generator = torch.Generator().manual_seed(cfg.seed)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                            num_workers=cfg.num_workers, collate_fn=self._collate, drop_last=len(dataset) > cfg.batch_size)
+                            num_workers=cfg.num_workers, collate_fn=self._collate,
+                            drop_last=len(dataset) > cfg.batch_size)
         steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * len(loader)))
         eval_every = cfg.eval_every if cfg.eval_every > 0 else len(loader)
         model = self.model.to(device)

@@ -1,0 +1,224 @@
+"""Does vision-language pretraining pay for VQA? Fine-tune with one budget from (a) a pretrained checkpoint
+and (b) the same encoder without VL pretraining, beside image-blind baselines, on two data sets:
+
+- the generated world: train on the questions of ``split: train`` images, evaluate on the held-out
+  ``split: val`` images' questions;
+- DAQUAR (``../shared/data/daquar_train``): an image-disjoint split of it (``--test-fraction`` of the
+  images held out for evaluation), beside the published DAQUAR-all figures.
+
+Rows per data set: majority answer; question lookup (the most frequent answers of the same training
+question, else of its first words); a question-only model (encoder (b), regions never seen); (b); (a).
+Accuracy is exact-set accuracy for gold-set questions (the published DAQUAR measure) with any-gold
+(top answer is a gold answer) beside it; on the world each question has one answer, so the two coincide
+up to the set threshold. Every model gets the same steps, batch size and learning rates.
+
+Prepare (features with the pretraining run's extractor; see configs/vqa/README and configs/pretrain):
+    vlptm extract --images ../shared/data/daquar_train/vqa.json --out runs/vqa-bench/daquar-grid \\
+        --extractor grid-effnet-lite0 --set min_size=256 --set max_size=256
+    # task-adaptive pretraining text of the DAQUAR *training* images only (the held-out images never):
+    python benchmarks/bench_vqa.py --write-daquar-captions runs/vqa-bench/daquar-train-captions.json
+Run:
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_vqa.py \\
+        --world runs/world --world-features runs/world-grid --world-pretrained runs/scenes-pretrain \\
+        --daquar-features runs/vqa-bench/daquar-grid --daquar-pretrained runs/vqa-bench/pretrain-real
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import yaml
+
+from vlptm.data.readers import read_records
+from vlptm.features import FeatureStore
+from vlptm.tasks import MajorityAnswerBaseline, QuestionLookupBaseline, VQAExamples, VQAFineTuner, split_by_image
+
+PUBLISHED_DAQUAR_ALL = {"Neural-Image-QA (Malinowski et al. 2015)": 0.1943, "DPPnet (Noh et al. 2016)": 0.2898}
+DAQUAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "daquar_train" / "vqa.json"
+
+
+def _daquar_split(path: Path, test_fraction: float, seed: int) -> Tuple[list, list]:
+    return split_by_image(list(read_records(path)), test_fraction, seed)
+
+
+def write_daquar_captions(out: Path, path: Path, test_fraction: float, seed: int) -> None:
+    """``captions.json`` of the DAQUAR training-part images: each question with its answers as one text."""
+    train, test = _daquar_split(path, test_fraction, seed)
+    by_image: Dict[str, Dict[str, Any]] = {}
+    for record in train:
+        entry = by_image.setdefault(record.image_id, {"image": record.path.name, "image_id": record.image_id,
+                                                      "captions": [], "split": "train"})
+        answers = " and ".join(a.replace("_", " ") for a in record.answers)
+        entry["captions"].append(f"{record.question} {answers}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(list(by_image.values())))
+    print(f"wrote {out}: {len(by_image)} training images, {len(train)} texts "
+          f"({len({r.image_id for r in test})} held-out images left out)")
+
+
+def _pretraining_images(run: Path) -> set:
+    """Image ids every source of a pretraining run's recipe saw (to check the held-out images are not among them)."""
+    from vlptm.train.checkpoint import CONFIG_FILE, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(run)
+    recipe = yaml.safe_load((checkpoint / CONFIG_FILE).read_text()) or {}
+    seen = set()
+    for source in (recipe.get("data") or {}).get("sources") or []:
+        try:
+            seen.update(r.image_id for r in read_records(source["captions"]))
+        except (OSError, ValueError) as err:
+            logging.warning("cannot read pretraining source %s: %s", source.get("captions"), err)
+    return seen
+
+
+def _recipe_encoder(run: Path, feature_dim: int) -> Tuple[str, Dict[str, Any]]:
+    """The variant and overrides a pretraining run started from: encoder (b), without its VL pretraining."""
+    from vlptm.train.checkpoint import CONFIG_FILE, resolve_checkpoint
+
+    recipe = yaml.safe_load((resolve_checkpoint(run) / CONFIG_FILE).read_text()) or {}
+    overrides = dict(recipe.get("model_overrides") or {})
+    overrides["region_feat_dim"] = feature_dim
+    return recipe.get("model", "single-small"), overrides
+
+
+def _fine_tune(name: str, tuner: VQAFineTuner, train: VQAExamples, val: VQAExamples, test: VQAExamples,
+               train_args: Dict[str, Any]) -> Dict[str, Any]:
+    start = time.perf_counter()
+    tuner.fit(train, val, **train_args)
+    seconds = time.perf_counter() - start
+    metrics = tuner.evaluate(test)
+    row = {"model": name, "accuracy": metrics["accuracy"], "any_gold": metrics.get("any_gold"),
+           "seconds": round(seconds, 1), "by_question_type": {k: round(v["accuracy"], 4)
+                                                               for k, v in metrics["by_question_type"].items()}}
+    print(f"    {name:34s} accuracy {row['accuracy']:.4f}  any-gold {row['any_gold'] or 0:.4f}  "
+          f"fine-tune {seconds:7.1f} s", flush=True)
+    return row
+
+
+def run_dataset(title: str, train: VQAExamples, val: VQAExamples, test: VQAExamples, pretrained: Optional[Path],
+                args: argparse.Namespace) -> List[Dict[str, Any]]:
+    print(f"\n== {title}: {len(train)} training / {len(val)} validation / {len(test)} test questions "
+          f"({len({r.image_id for r in test.records})} test images)", flush=True)
+    rows = []
+    for name, baseline in (("majority answer", MajorityAnswerBaseline()),
+                           ("question lookup", QuestionLookupBaseline())):
+        metrics = baseline.fit(list(train.records) + list(val.records)).evaluate(test.records)
+        rows.append({"model": name, "accuracy": metrics["accuracy"], "any_gold": metrics.get("any_gold")})
+        print(f"    {name:34s} accuracy {metrics['accuracy']:.4f}  any-gold {metrics.get('any_gold') or 0:.4f}")
+    feature_dim = int(train.features.feature_dim)
+    train_args = dict(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+                      head_lr_mult=args.head_lr_mult, device=args.device, precision=args.precision,
+                      log_every=10 ** 9, seed=args.seed)
+    if pretrained is None:
+        print("    (no pretraining run given: only the baselines)")
+        return rows
+    variant, overrides = _recipe_encoder(pretrained, feature_dim)
+    torch.manual_seed(args.seed)
+    tuned = VQAFineTuner.from_pretrained(pretrained, args.answers)  # (a); its options: the run's tokenizer
+    blind = VQAFineTuner.from_pretrained(variant, args.answers, options=replace(tuned.options, use_regions=False),
+                                         **overrides)
+    rows.append(_fine_tune("question-only (no VL pretraining)", blind, train, val, test, train_args))
+    base = VQAFineTuner.from_pretrained(variant, args.answers, options=replace(tuned.options), **overrides)
+    rows.append(_fine_tune(f"(b) {variant}, no VL pretraining", base, train, val, test, train_args))
+    rows.append(_fine_tune("(a) VL-pretrained", tuned, train, val, test, train_args))
+    return rows
+
+
+def _world(args: argparse.Namespace) -> Tuple[VQAExamples, VQAExamples, VQAExamples]:
+    store = FeatureStore.open(args.world_features)
+    records = [r for r in read_records(Path(args.world) / "vqa.json") if r.image_id in store]
+    held = [r for r in records if r.split == "val"]
+    train = [r for r in records if r.split != "val"]
+    if args.world_train_images:
+        keep = sorted({r.image_id for r in train})[: args.world_train_images]
+        train = [r for r in train if r.image_id in set(keep)]
+    if args.world_test_images:
+        keep = sorted({r.image_id for r in held})[: args.world_test_images]
+        held = [r for r in held if r.image_id in set(keep)]
+    train, val = split_by_image(train, 0.1, args.seed)
+    return VQAExamples(train, store, "world"), VQAExamples(val, store, "world"), VQAExamples(held, store, "world")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", help="generated world folder (vqa.json with train/val splits)")
+    parser.add_argument("--world-features", help="feature store of the world's images")
+    parser.add_argument("--world-pretrained", type=Path, help="pretraining run on the world")
+    parser.add_argument("--world-train-images", type=int, default=2000, help="training images used (0 = all)")
+    parser.add_argument("--world-test-images", type=int, default=1000, help="held-out images evaluated (0 = all)")
+    parser.add_argument("--daquar", type=Path, default=DAQUAR, help="DAQUAR vqa.json")
+    parser.add_argument("--daquar-features", help="feature store of the DAQUAR images")
+    parser.add_argument("--daquar-pretrained", type=Path,
+                        help="pretraining run for DAQUAR (its images: the training part only)")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="DAQUAR images held out for evaluation")
+    parser.add_argument("--write-daquar-captions", type=Path, help="write the training part's texts and exit")
+    parser.add_argument("--answers", type=int, default=1000, help="top-K training answers")
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--max-steps", type=int, default=0, help="steps per fine-tune (0 = from --epochs)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--head-lr-mult", type=float, default=10.0)
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/vqa-bench/results.json"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.write_daquar_captions:
+        write_daquar_captions(args.write_daquar_captions, args.daquar, args.test_fraction, args.seed)
+        return 0
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    start = time.perf_counter()
+    results: Dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()}}
+    budget = f"{args.max_steps} steps" if args.max_steps else f"{args.epochs:g} epochs"
+    print(f"VQA fine-tuning, same budget for every model: {budget} of {args.batch_size}, lr {args.lr:g} "
+          f"(head x{args.head_lr_mult:g}), top-{args.answers} answers, device {args.device}")
+    if args.world and args.world_features:
+        results["world"] = run_dataset("generated world, held-out images", *_world(args), args.world_pretrained,
+                                       args)
+    if args.daquar_features:
+        store = FeatureStore.open(args.daquar_features)
+        rest, test = _daquar_split(args.daquar, args.test_fraction, args.seed)
+        if args.daquar_pretrained is not None:
+            leaked = _pretraining_images(args.daquar_pretrained) & {r.image_id for r in test}
+            if leaked:
+                print(f"refusing: the DAQUAR pretraining run saw {len(leaked)} held-out test images")
+                return 2
+        train, val = split_by_image(rest, 0.1, args.seed)
+        rows = run_dataset("DAQUAR (image-disjoint split of daquar_train)", VQAExamples(train, store, "daquar"),
+                           VQAExamples(val, store, "daquar"), VQAExamples(test, store, "daquar"),
+                           args.daquar_pretrained, args)
+        for name, value in PUBLISHED_DAQUAR_ALL.items():
+            print(f"    published DAQUAR-all: {name:40s} {value:.4f}")
+            rows.append({"model": f"published: {name}", "accuracy": value})
+        results["daquar"] = rows
+    wall = time.perf_counter() - start
+    results["wall_seconds"] = round(wall, 1)
+    print(f"\nwall time {wall / 60:.1f} min")
+    for key in ("world", "daquar"):
+        rows = {r["model"]: r["accuracy"] for r in results.get(key, [])}
+        pre = rows.get("(a) VL-pretrained")
+        if pre is None:
+            continue
+        blind = rows.get("question-only (no VL pretraining)", 0.0)
+        base = next((v for k, v in rows.items() if k.startswith("(b)")), 0.0)
+        verdict = [f"pretrained {pre:.4f} vs no VL pretraining {base:.4f} ({pre - base:+.4f})",
+                   f"vs question-only {blind:.4f}: {'beats' if pre > blind else 'does NOT beat'}"]
+        if key == "daquar":
+            verdict.append(f"vs DPPnet 0.2898: {'beats' if pre > 0.2898 else 'does NOT beat'}")
+        print(f"{key}: " + "; ".join(verdict))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
