@@ -94,6 +94,7 @@ def test_padding_invariance(name, overrides):
         torch.testing.assert_close(b.region_hidden[:, :5][real_regions], a.region_hidden[real_regions], atol=1e-5,
                                    rtol=0)
         torch.testing.assert_close(b.pooled, a.pooled, atol=1e-5, rtol=0)
+        assert not b.text_hidden[:, :6][~real_text].any() and not b.region_hidden[:, :5][~real_regions].any()
         # unimodal passes too
         for keys in (("input_ids", "attention_mask", "token_type_ids"), ("region_feats", "region_pos", "region_mask")):
             ua = encoder({k: batch[k] for k in keys if k in batch})

@@ -24,6 +24,9 @@ _E = TypeVar("_E", bound="VisionLanguageEncoder")
 class EncoderOutput:
     """What every encoder returns, in train and eval alike.
 
+    Padded positions (``attention_mask`` / ``region_mask`` 0) are never computed: their rows of
+    ``text_hidden`` / ``region_hidden`` are zeros.
+
     Attributes:
         text_hidden: ``(B, T, H)`` final text states; ``(B, 0, H)`` for a regions-only pass.
         region_hidden: ``(B, R, H)`` final region states; ``(B, 0, H)`` for a text-only pass.

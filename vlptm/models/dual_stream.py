@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from vlptm.models.base import EncoderOutput, VisionLanguageEncoder
 from vlptm.models.config import DualStreamConfig
 from vlptm.models.layers import (CrossModalLayer, Pooler, RegionEmbeddings, TextEmbeddings, TransformerLayer,
-                                 autocast_dtype, masked_mean, padding_bias)
+                                 Packing, autocast_dtype, masked_mean)
 
 
 class DualStreamEncoder(VisionLanguageEncoder):
@@ -81,24 +81,26 @@ class DualStreamEncoder(VisionLanguageEncoder):
         text = regions = None
         if x.has_text:
             text = self.text_embeddings(x.input_ids, x.token_type_ids)  # (B, T, H)
-            text = text.to(autocast_dtype(text))
-            text_bias = padding_bias(x.attention_mask)  # (B, 1, 1, T)
+            text_packing = Packing(x.attention_mask)
+            text = text_packing.pack(text.to(autocast_dtype(text)))  # (n_t, H)
             for layer in self.text_layers:
-                text, _ = self._layer(layer, text, text_bias)
+                text, _ = self._layer(layer, text, text_packing)
         if x.has_regions:
             regions = self.embed_regions(x.region_feats, x.region_pos, x.region_masked)  # (B, R, H)
-            regions = regions.to(autocast_dtype(regions))
-            region_bias = padding_bias(x.region_mask)  # (B, 1, 1, R)
+            region_packing = Packing(x.region_mask)
+            regions = region_packing.pack(regions.to(autocast_dtype(regions)))  # (n_r, H)
             for layer in self.region_layers:
-                regions, _ = self._layer(layer, regions, region_bias)
+                regions, _ = self._layer(layer, regions, region_packing)
         cross = []
         if x.has_text and x.has_regions:
             for layer in self.cross_layers:
                 if output_attentions:
-                    text, regions, probs = layer(text, text_bias, regions, region_bias, True)
+                    text, regions, probs = layer(text, text_packing, regions, region_packing, True)
                     cross.append(probs)  # (B, N, T, R)
                 else:
-                    text, regions, _ = self._layer(layer, text, text_bias, regions, region_bias)
+                    text, regions, _ = self._layer(layer, text, text_packing, regions, region_packing)
+        text = text_packing.unpack(text) if x.has_text else None  # (B, T, H), zeros at padding
+        regions = region_packing.unpack(regions) if x.has_regions else None  # (B, R, H), zeros at padding
         like = text if text is not None else regions
         text_hidden = text if text is not None else self._empty(like.shape[0], like)  # (B, T, H)
         region_hidden = regions if regions is not None else self._empty(like.shape[0], like)  # (B, R, H)

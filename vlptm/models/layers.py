@@ -5,8 +5,8 @@ mask; an explicit softmax path is used only when attention probabilities are ask
 value projections are one fused ``(3H, H)`` matrix (one GEMM instead of three); the interop loaders
 concatenate the peers' separate ``query``/``key``/``value`` weights into it.
 
-Shape legend: B batch, T text tokens, R regions, L any sequence length, H hidden size, N heads,
-d = H / N head size, D region feature dim, P region position dim, I FFN inner size.
+Shape legend: B batch, T text tokens, R regions, L any sequence length, n real (non-padded) tokens,
+H hidden size, N heads, d = H / N head size, D region feature dim, P region position dim, I FFN inner size.
 """
 from __future__ import annotations
 
@@ -232,12 +232,42 @@ class RegionEmbeddings(nn.Module):
         return self.dropout(self.norm(x + type_embedding))
 
 
+class Packing:
+    """The real (non-padded) positions of a ``(B, L)`` mask, so position-wise work skips padding.
+
+    Layers take tokens as a packed ``(n, C)`` matrix of the real positions only (``n`` = number of ones in
+    the mask): every Linear, FFN, LayerNorm and dropout runs on real tokens, and only attention scatters
+    them back to the padded ``(B, L, C)`` layout (padding rows zero, masked out as keys by ``bias``).
+    Without padding, packing and unpacking are free reshapes.
+
+    Args:
+        mask: ``(B, L)``, 1 = real position.
+    """
+
+    def __init__(self, mask: Tensor) -> None:
+        self.batch, self.length = mask.shape
+        self.bias = padding_bias(mask)  # (B, 1, 1, L)
+        keep = mask.reshape(-1) != 0  # (B*L,)
+        self.index: Optional[Tensor] = None if bool(keep.all()) else keep.nonzero().squeeze(1)  # (n,)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """``(B, L, C)`` -> ``(n, C)``."""
+        flat = x.reshape(self.batch * self.length, x.shape[-1])  # (B*L, C)
+        return flat if self.index is None else flat.index_select(0, self.index)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """``(n, C)`` -> ``(B, L, C)`` with zero rows at padded positions."""
+        if self.index is not None:
+            x = x.new_zeros(self.batch * self.length, x.shape[-1]).index_copy(0, self.index, x)  # (B*L, C)
+        return x.view(self.batch, self.length, x.shape[-1])
+
+
 class Attention(nn.Module):
     """Multi-head attention with a post-LN residual: ``LN(x + dropout(W_o attn(x, ctx)))``.
 
     One ``qkv`` Linear of shape ``(3H, H)`` holds the query, key and value projections. The same block
-    serves self-attention (:meth:`forward`), one-way cross-attention (:meth:`cross`) and LXMERT's
-    two-way cross-attention with shared weights (:meth:`bidirectional`).
+    serves self-attention (:meth:`forward`) and LXMERT's two-way cross-attention with shared weights
+    (:meth:`bidirectional`). Tokens come packed (see :class:`Packing`).
 
     Args:
         hidden_size: H.
@@ -258,13 +288,14 @@ class Attention(nn.Module):
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
         self.attention_dropout, self.hidden_dropout = attention_dropout, hidden_dropout
 
-    def _heads(self, x: Tensor, parts: int) -> Tensor:
+    def _heads(self, qkv: Tensor, packing: Packing) -> Tensor:
+        x = packing.unpack(qkv)  # (B, L, 3H)
         batch, length, _ = x.shape
-        return x.view(batch, length, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (k, B, N, L, d)
+        return x.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, N, L, d)
 
-    def _merge(self, context: Tensor) -> Tensor:
+    def _merge(self, context: Tensor, packing: Packing) -> Tensor:
         batch, _, length, _ = context.shape
-        return context.transpose(1, 2).reshape(batch, length, -1)  # (B, L, H)
+        return packing.pack(context.transpose(1, 2).reshape(batch, length, -1))  # (n, H)
 
     def _output(self, context: Tensor, residual: Tensor) -> Tensor:
         return self.norm(residual_dropout(residual, self.dense(context), self.hidden_dropout, self.training))
@@ -272,44 +303,35 @@ class Attention(nn.Module):
     def _p(self) -> float:
         return self.attention_dropout if self.training else 0.0
 
-    def forward(self, x: Tensor, bias: Tensor, return_probs: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
-        """Self-attention of ``(B, L, H)`` under a ``(B, 1, 1, L)`` key bias -> ``((B, L, H), probs)``."""
-        q, k, v = self._heads(self.qkv(x), 3)  # each (B, N, L, d)
-        context, probs = attend(q, k, v, bias, self._p(), return_probs, self.backend)
-        return self._output(self._merge(context), x), probs
+    def forward(self, x: Tensor, packing: Packing, return_probs: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """Self-attention of packed ``(n, H)`` tokens -> ``((n, H), (B, N, L, L) probs or None)``."""
+        q, k, v = self._heads(self.qkv(x), packing)  # each (B, N, L, d)
+        context, probs = attend(q, k, v, packing.bias, self._p(), return_probs, self.backend)
+        return self._output(self._merge(context, packing), x), probs
 
-    def cross(self, x: Tensor, ctx: Tensor, ctx_bias: Tensor, return_probs: bool = False
-              ) -> Tuple[Tensor, Optional[Tensor]]:
-        """``(B, Lq, H)`` queries attend to ``(B, Lk, H)`` context -> ``((B, Lq, H), probs)``."""
-        hidden = x.shape[-1]
-        q = self._heads(F.linear(x, self.qkv.weight[:hidden], self.qkv.bias[:hidden]), 1)[0]  # (B, N, Lq, d)
-        k, v = self._heads(F.linear(ctx, self.qkv.weight[hidden:], self.qkv.bias[hidden:]), 2)  # (B, N, Lk, d)
-        context, probs = attend(q, k, v, ctx_bias, self._p(), return_probs, self.backend)
-        return self._output(self._merge(context), x), probs
-
-    def bidirectional(self, a: Tensor, a_bias: Tensor, b: Tensor, b_bias: Tensor, return_probs: bool = False
-                      ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    def bidirectional(self, a: Tensor, a_packing: Packing, b: Tensor, b_packing: Packing,
+                      return_probs: bool = False) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         """``a`` attends to ``b`` and ``b`` to ``a`` with the same weights (LXMERT's cross-attention).
 
-        Both sequences go through each projection in one GEMM.
+        Both token sets go through each projection in one GEMM.
 
         Args:
-            a: ``(B, La, H)``; b: ``(B, Lb, H)``; a_bias / b_bias: their ``(B, 1, 1, L)`` key biases.
+            a: packed ``(n_a, H)``; b: packed ``(n_b, H)``; a_packing / b_packing: their packings.
             return_probs: also return the a-to-b probabilities ``(B, N, La, Lb)``.
 
         Returns:
-            ``(a_out (B, La, H), b_out (B, Lb, H), a-to-b probs or None)``.
+            ``(a_out (n_a, H), b_out (n_b, H), a-to-b probs or None)``.
         """
-        length_a = a.shape[1]
-        both = torch.cat([a, b], dim=1)  # (B, La+Lb, H)
-        q, k, v = self._heads(self.qkv(both), 3)  # each (B, N, La+Lb, d)
-        ctx_a, probs = attend(q[:, :, :length_a], k[:, :, length_a:], v[:, :, length_a:], b_bias, self._p(),
-                              return_probs, self.backend)  # (B, N, La, d)
-        ctx_b, _ = attend(q[:, :, length_a:], k[:, :, :length_a], v[:, :, :length_a], a_bias, self._p(),
-                          backend=self.backend)
-        context = torch.cat([self._merge(ctx_a), self._merge(ctx_b)], dim=1)  # (B, La+Lb, H)
-        out = self._output(context, both)  # (B, La+Lb, H)
-        return out[:, :length_a], out[:, length_a:], probs
+        count_a = a.shape[0]
+        both = torch.cat([a, b], dim=0)  # (n_a+n_b, H)
+        qkv = self.qkv(both)  # (n_a+n_b, 3H)
+        q_a, k_a, v_a = self._heads(qkv[:count_a], a_packing)  # each (B, N, La, d)
+        q_b, k_b, v_b = self._heads(qkv[count_a:], b_packing)  # each (B, N, Lb, d)
+        ctx_a, probs = attend(q_a, k_b, v_b, b_packing.bias, self._p(), return_probs, self.backend)  # (B, N, La, d)
+        ctx_b, _ = attend(q_b, k_a, v_a, a_packing.bias, self._p(), backend=self.backend)  # (B, N, Lb, d)
+        context = torch.cat([self._merge(ctx_a, a_packing), self._merge(ctx_b, b_packing)], dim=0)  # (n_a+n_b, H)
+        out = self._output(context, both)  # (n_a+n_b, H)
+        return out[:count_a], out[count_a:], probs
 
 
 class FeedForward(nn.Module):
@@ -333,7 +355,7 @@ class FeedForward(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(B, L, H)`` -> ``(B, L, H)``."""
+        """``(..., H)`` -> ``(..., H)``."""
         return self.norm(residual_dropout(x, self.fc2(self.activation(self.fc1(x))), self.dropout, self.training))
 
 
@@ -351,9 +373,9 @@ class TransformerLayer(nn.Module):
         self.attention = Attention(hidden_size, num_heads, attention_dropout, hidden_dropout, eps, backend)
         self.ffn = FeedForward(hidden_size, intermediate_size, activation, hidden_dropout, eps)
 
-    def forward(self, x: Tensor, bias: Tensor, return_probs: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
-        """``(B, L, H)`` and ``(B, 1, 1, L)`` key bias -> ``((B, L, H), probs or None)``."""
-        x, probs = self.attention(x, bias, return_probs)
+    def forward(self, x: Tensor, packing: Packing, return_probs: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """Packed ``(n, H)`` tokens -> ``((n, H), (B, N, L, L) probs or None)``."""
+        x, probs = self.attention(x, packing, return_probs)
         return self.ffn(x), probs
 
 
@@ -375,13 +397,13 @@ class CrossModalLayer(nn.Module):
         self.text_ffn = FeedForward(hidden_size, intermediate_size, activation, hidden_dropout, eps)
         self.region_ffn = FeedForward(hidden_size, intermediate_size, activation, hidden_dropout, eps)
 
-    def forward(self, text: Tensor, text_bias: Tensor, regions: Tensor, region_bias: Tensor,
+    def forward(self, text: Tensor, text_packing: Packing, regions: Tensor, region_packing: Packing,
                 return_probs: bool = False) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-        """``(B, T, H)``, ``(B, R, H)`` and their key biases -> updated pair and text-to-region probs."""
-        text, regions, probs = self.cross_attention.bidirectional(text, text_bias, regions, region_bias,
+        """Packed ``(n_t, H)`` text and ``(n_r, H)`` regions -> updated pair and ``(B, N, T, R)`` probs."""
+        text, regions, probs = self.cross_attention.bidirectional(text, text_packing, regions, region_packing,
                                                                   return_probs)
-        text, _ = self.text_attention(text, text_bias)  # (B, T, H)
-        regions, _ = self.region_attention(regions, region_bias)  # (B, R, H)
+        text, _ = self.text_attention(text, text_packing)  # (n_t, H)
+        regions, _ = self.region_attention(regions, region_packing)  # (n_r, H)
         return self.text_ffn(text), self.region_ffn(regions), probs
 
 

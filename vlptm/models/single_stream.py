@@ -12,8 +12,8 @@ from torch import Tensor
 
 from vlptm.models.base import EncoderOutput, VisionLanguageEncoder
 from vlptm.models.config import SingleStreamConfig
-from vlptm.models.layers import (Pooler, RegionEmbeddings, TextEmbeddings, TransformerLayer, autocast_dtype,
-                                 masked_mean, padding_bias)
+from vlptm.models.layers import (Packing, Pooler, RegionEmbeddings, TextEmbeddings, TransformerLayer, autocast_dtype,
+                                 masked_mean)
 
 
 class SingleStreamEncoder(VisionLanguageEncoder):
@@ -94,17 +94,18 @@ class SingleStreamEncoder(VisionLanguageEncoder):
             masks.append(x.region_mask)
         hidden = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, T+R, H)
         hidden = hidden.to(autocast_dtype(hidden))
-        mask = torch.cat([m.to(torch.float32) for m in masks], dim=1)  # (B, T+R)
-        bias = padding_bias(mask)  # (B, 1, 1, T+R)
+        packing = Packing(torch.cat([m.to(torch.float32) for m in masks], dim=1))  # over (B, T+R)
+        hidden = packing.pack(hidden)  # (n, H): real tokens and regions only
         want_probs = output_attentions and x.has_text and x.has_regions
         num_text = x.input_ids.shape[1] if x.has_text else 0
         cross = []
         for layer in self.layers:
             if want_probs:
-                hidden, probs = layer(hidden, bias, True)
+                hidden, probs = layer(hidden, packing, True)
                 cross.append(probs[:, :, :num_text, num_text:])  # (B, N, T, R)
             else:
-                hidden, _ = self._layer(layer, hidden, bias)
+                hidden, _ = self._layer(layer, hidden, packing)
+        hidden = packing.unpack(hidden)  # (B, T+R, H), zeros at padding
         batch_size = hidden.shape[0]
         text_hidden = hidden[:, :num_text] if x.has_text else self._empty(batch_size, hidden)  # (B, T, H)
         region_hidden = hidden[:, num_text:] if x.has_regions else self._empty(batch_size, hidden)  # (B, R, H)
