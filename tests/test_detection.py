@@ -244,3 +244,15 @@ def test_extract_under_bf16_autocast_returns_float32_regions(tiny_extractor):
         assert 10 <= len(r) <= 100
         assert r.features.dtype == r.boxes.dtype == r.cls_probs.dtype == r.attr_probs.dtype == torch.float32
         assert torch.isfinite(r.features).all() and torch.allclose(r.cls_probs.sum(1), torch.ones(len(r)), atol=1e-3)
+
+
+def test_any_timm_backbone_builds_without_a_hub():
+    """Other timm names work with weights="none" (random init), the documented path without a model hub."""
+    torch.manual_seed(0)
+    config = tiny_config(**{"backbone.name": "resnet18", "backbone.weights": "none"})
+    extractor = RegionExtractor(config)
+    assert extractor.backbone.strides == [8, 16, 32]
+    regions = extractor.extract(_images()[:1])[0]
+    assert regions.features.shape == (len(regions), 64) and len(regions) >= 10
+    with pytest.raises(ValueError):
+        RegionExtractor(tiny_config(**{"backbone.name": "resnet18", "backbone.weights": "packaged"}))
