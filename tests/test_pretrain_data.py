@@ -47,7 +47,8 @@ def make_toy_world(root: Path, num_images: int = 64, seed: int = 0) -> dict:
                 probs[k] = 0.02
                 probs[k, 1 + shapes[k]] = 1.0
             probs /= probs.sum(1, keepdims=True)
-            boxes = np.sort(rng.uniform(0, 100, size=(n, 2, 2)), axis=1).reshape(n, 4)[:, [0, 2, 1, 3]]
+            corners = np.sort(rng.uniform(0, 100, size=(n, 2, 2)), axis=1)  # (n, [min, max], [x, y])
+            boxes = np.ascontiguousarray(corners.reshape(n, 4)[:, [0, 1, 2, 3]])
             boxes[:, 2:] += 1.0
             writer.add_arrays(f"img{i:04d}", boxes=boxes, features=features, scores=np.ones(n, np.float32),
                               image_size=(101, 101), cls_probs=probs)
@@ -154,3 +155,22 @@ def test_bucketing_reduces_padding():
         sampler = BucketBatchSampler(np.stack([regions, text], 1), batch_size=32, bucket_batches=bucket, seed=0)
         fractions[bucket] = padding_fraction(list(sampler), text, regions)
     assert fractions[50] < 0.7 * fractions[1]
+
+
+def write_recipe(path: Path, toy: dict, run_dir: Path, **sections) -> Path:
+    """A tiny pretraining recipe on the toy world (``sections`` replace whole recipe sections/keys)."""
+    import yaml
+
+    recipe = {
+        "model": "single-tiny",
+        "model_overrides": {"vocab_size": 30522},
+        "run_dir": str(run_dir),
+        "data": {"sources": [toy], "batch_size": 8, "max_regions": 4, "bucket_batches": 4},
+        "tasks": {"weights": {"mlm": 1.0, "mrfr": 1.0, "mrc": 1.0, "itm": 1.0, "itc": 1.0}, "sampling": "ratio",
+                  "itc_embed_dim": 16},
+        "optim": {"lr": 1e-3, "warmup_steps": 3, "max_steps": 12},
+        "device": "cpu", "seed": 3, "log_every": 1, "save_every": 4, "progress": False,
+    }
+    recipe.update(sections)
+    path.write_text(yaml.safe_dump(recipe))
+    return path

@@ -111,9 +111,11 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
         The run directory (its ``checkpoint`` is the final one).
     """
     dist_info = init_distributed(cfg.device)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _pretrain(cfg, resume, dist_info)
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)
         cleanup()
 
 
