@@ -12,7 +12,7 @@ Accuracy is exact-set accuracy for gold-set questions (the published DAQUAR meas
 (top answer is a gold answer) beside it; on the world each question has one answer, so the two coincide
 up to the set threshold. Every model gets the same steps, batch size and learning rates.
 
-Prepare (features with the pretraining run's extractor; see configs/vqa/README and configs/pretrain):
+Prepare (features with the pretraining run's extractor; the full list is in configs/vqa/pretrain-for-vqa-cpu.yaml):
     vlptm extract --images ../shared/data/daquar_train/vqa.json --out runs/vqa-bench/daquar-grid \\
         --extractor grid-effnet-lite0 --set min_size=256 --set max_size=256
     # task-adaptive pretraining text of the DAQUAR *training* images only (the held-out images never):
@@ -133,7 +133,12 @@ def run_dataset(title: str, train: VQAExamples, val: VQAExamples, test: VQAExamp
 
 def _world(args: argparse.Namespace) -> Tuple[VQAExamples, VQAExamples, VQAExamples]:
     store = FeatureStore.open(args.world_features)
-    records = [r for r in read_records(Path(args.world) / "vqa.json") if r.image_id in store]
+    # The world's captions.json names images by "image_id" (the COCO id), its vqa.json by file stem; a store
+    # extracted from captions.json uses the former, so questions are mapped through the file names.
+    ids = {Path(r.path).name: r.image_id for r in read_records(Path(args.world) / "captions.json")}
+    records = [replace(r, image_id=ids.get(Path(r.path).name, r.image_id))
+               for r in read_records(Path(args.world) / "vqa.json")]
+    records = [r for r in records if r.image_id in store]
     held = [r for r in records if r.split == "val"]
     train = [r for r in records if r.split != "val"]
     if args.world_train_images:

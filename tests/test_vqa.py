@@ -245,3 +245,26 @@ def test_vqa_demo_answers_questions_about_an_image(world, tuned, tmp_path, capsy
     assert lines[1] == f"Q: {record.question}" and len(lines) == 4
     assert lines[2].split(maxsplit=1)[1] == tuner.predict(record.path, record.question, 1)[0][0]
     assert demo.main(["--model", str(folder), "--image", str(tmp_path / "missing.jpg"), "what?"]) == 2
+
+
+def test_annotator_count_questions_score_the_official_accuracy(world):
+    import dataclasses
+
+    from vlptm.tasks import vqa_accuracy
+
+    def ten_annotators(record):  # 7 annotators give the gold answer, 3 say "blue"
+        answers = [record.answers[0]] * 7 + ["blue"] * 3
+        counts = {record.answers[0]: 7, "blue": 3} if record.answers[0] != "blue" else {"blue": 10}
+        return dataclasses.replace(record, answers=answers, answer_counts=counts, multi_label=False)
+
+    train = VQAExamples([ten_annotators(r) for r in world["train"].records[:64]], world["train"].features)
+    test = VQAExamples([ten_annotators(r) for r in world["val"].records[:20]], world["val"].features)
+    tuner = VQAFineTuner.from_pretrained("single-tiny", answers=["Yes", "no", "blue", "2"],
+                                         region_feat_dim=world["feature_dim"])
+    assert tuner.answers.answers == ["yes", "no", "blue", "2"]
+    tuner.fit(train, max_steps=2, batch_size=16, device="cpu")
+    metrics = tuner.evaluate(test)
+    tops = [tuner.predict(test.features[r.image_id], r.question, top_k=1)[0][0] for r in test.records]
+    expected = np.mean([vqa_accuracy(top, r.answers) for top, r in zip(tops, test.records)])
+    assert metrics["vqa_accuracy"] == pytest.approx(expected) == pytest.approx(metrics["accuracy"])
+    assert "exact_set" not in metrics and metrics["n"] == 20

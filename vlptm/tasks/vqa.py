@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from vlptm.data.readers import QuestionRecord
 from vlptm.models.base import VisionLanguageEncoder
 from vlptm.structures import RegionFeatures
-from vlptm.tasks.answers import AnswerVocab, answer_targets, evaluate_predictions
+from vlptm.tasks.answers import AnswerVocab, answer_targets, evaluate_predictions, normalize_answer
 
 logger = logging.getLogger(__name__)
 
@@ -457,7 +457,9 @@ class VQAFineTuner:
         from vlptm.train.checkpoint import CONFIG_FILE, ENCODER_DIR, resolve_checkpoint
 
         path = Path(checkpoint)
-        vocab = AnswerVocab(list(answers)) if isinstance(answers, (list, tuple)) else answers
+        vocab = answers
+        if isinstance(answers, (list, tuple)):  # normalised like every answer looked up later
+            vocab = AnswerVocab(list(dict.fromkeys(normalize_answer(a) for a in answers)))
         if path.is_dir() and (path / _META_FILE).is_file():
             tuner = cls.load(path)
             if options is not None:
