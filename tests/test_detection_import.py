@@ -47,11 +47,20 @@ def test_import_refuses_other_state_dicts(torchvision_model):
         import_torchvision_checkpoint(state)
 
 
-def test_converter_script_writes_a_loadable_extractor(torchvision_model, tmp_path):
+def test_converter_script_writes_a_loadable_extractor(tmp_path):
+    """The script on a ResNet-18-FPN Faster R-CNN with 5 classes (another arch, another label space)."""
     import importlib.util
     from pathlib import Path
 
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
     from vlptm.detection import build_extractor
+
+    torch.manual_seed(0)
+    torchvision_model = FasterRCNN(resnet_fpn_backbone(backbone_name="resnet18", weights=None), num_classes=5,
+                                   min_size=160, max_size=240, rpn_pre_nms_top_n_test=100,
+                                   rpn_post_nms_top_n_test=100).eval()
 
     script = Path(__file__).resolve().parents[1] / "detectors" / "convert_torchvision.py"
     spec = importlib.util.spec_from_file_location("convert_torchvision", script)
@@ -59,12 +68,15 @@ def test_converter_script_writes_a_loadable_extractor(torchvision_model, tmp_pat
     spec.loader.exec_module(module)
     torch.save(torchvision_model.state_dict(), tmp_path / "frcnn.pth")
     assert module.main([str(tmp_path / "frcnn.pth"), str(tmp_path / "out"), "--min-size=160", "--max-size=240",
-                        "--fixed-boxes=36"]) == 0
+                        "--fixed-boxes=36", "--arch=resnet18"]) == 0
     extractor = build_extractor(tmp_path / "out")
     assert extractor.config.selection.fixed_boxes == 36 and extractor.config.min_size == 160
+    assert extractor.config.class_names == ["__background__", "class_1", "class_2", "class_3", "class_4"]
     # The script keeps torchvision's 1000 proposals; match the fixture's 100 to compare detections.
     extractor.rpn._pre_nms_top_n["testing"] = extractor.rpn._post_nms_top_n["testing"] = 100
     image = torch.rand(3, 200, 240, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         expected = torchvision_model([image])[0]
-    assert torch.allclose(extractor.detect([image])[0]["boxes"], expected["boxes"], atol=1e-4)
+    got = extractor.detect([image])[0]
+    assert len(expected["boxes"]) > 0 and torch.equal(got["labels"], expected["labels"])
+    assert torch.allclose(got["boxes"], expected["boxes"], atol=1e-4)
