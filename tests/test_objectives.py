@@ -185,7 +185,8 @@ def _spy_encoder_inputs(model):
 ])
 def test_conditional_and_joint_masking(masking, expect_text_rows, expect_region_rows):
     torch.manual_seed(0)
-    model = PretrainingModel(create_model("single-tiny", region_feat_dim=D, vocab_size=1200), ["mlm", "mrfr"], masking=masking)
+    encoder = create_model("single-tiny", region_feat_dim=D, vocab_size=1200)
+    model = PretrainingModel(encoder, ["mlm", "mrfr"], masking=masking)
     batch = _fixed_batch(7)
     seen = _spy_encoder_inputs(model)
     out = model(batch, ["mlm", "mrfr"])

@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 
 def _is_union(tp: Any) -> bool:
     origin = typing.get_origin(tp)
-    return origin is Union or (hasattr(types, "UnionType") and origin is getattr(types, "UnionType"))
+    return origin is Union or (hasattr(types, "UnionType") and origin is types.UnionType)
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

@@ -225,7 +225,8 @@ def collate_pretrain(items: Sequence[Dict[str, Any]], pad_id: int = 0) -> Dict[s
         length = max(len(a) for a in arrays)
         ids = _pad(arrays, length, pad_id, torch.long)  # (B, T)
         mask = _pad([np.ones(len(a), np.int64) for a in arrays], length, 0, torch.long)  # (B, T)
-        return {prefix + "input_ids": ids, prefix + "attention_mask": mask, prefix + "token_type_ids": torch.zeros_like(ids)}
+        return {prefix + "input_ids": ids, prefix + "attention_mask": mask,
+                prefix + "token_type_ids": torch.zeros_like(ids)}
 
     def regions(prefix: str) -> Dict[str, Tensor]:
         feats = [item[prefix + "region_feats"] for item in items]

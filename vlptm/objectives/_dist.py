@@ -28,6 +28,13 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def collective_device() -> torch.device:
+    """Where a tensor must live for a collective: the current GPU under NCCL, else the CPU."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def scale_grad(x: Tensor, factor: float) -> Tensor:
     """``x`` in the forward pass, ``factor * grad`` in the backward pass."""
     if factor == 1.0:

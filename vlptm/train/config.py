@@ -95,4 +95,5 @@ class PretrainConfig:
     save_every: int = 1000  # steps between checkpoints (a final one is always written)
     keep_checkpoints: int = 2  # how many step checkpoints to keep
     log_every: int = 10  # steps between log lines
+    time_limit_minutes: float = 0.0  # stop (and checkpoint) after this much training time; 0 = no limit
     progress: bool = True  # tqdm progress bar on rank 0

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from vlptm.objectives import TASKS
-from vlptm.objectives._dist import is_distributed, world_size
+from vlptm.objectives._dist import collective_device, is_distributed, world_size
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Mapping[str, Tensor]], op
                     scheduler: torch.optim.lr_scheduler.LRScheduler, *, state: TrainState, schedule: TaskSchedule,
                     max_steps: int, device: torch.device, accum_steps: int = 1, grad_clip: float = 0.0,
                     autocast_dtype: Optional[torch.dtype] = None, scaler: Optional[torch.amp.GradScaler] = None,
-                    on_step: Optional[Callable[[TrainState, Dict[str, Tensor], int], None]] = None) -> bool:
+                    on_step: Optional[Callable[[TrainState, Dict[str, Tensor], int], Optional[bool]]] = None) -> bool:
     """Train over the rest of one epoch of ``loader``, stopping at ``max_steps``.
 
     Each optimiser step accumulates ``accum_steps`` micro-batches (gradient all-reduce only on the last
@@ -108,10 +108,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Mapping[str, Tensor]], op
         autocast_dtype: ``torch.bfloat16`` / ``torch.float16`` for mixed precision, ``None`` for fp32.
         scaler: a ``GradScaler`` for fp16.
         on_step: called after each step with the state, the step's mean losses/metrics (detached
-            tensors, plus ``loss`` and ``grad_norm``) and the number of examples this rank used.
+            tensors, plus ``loss`` and ``grad_norm``) and the number of examples this rank used; returning
+            True stops training (e.g. a time limit).
 
     Returns:
-        True when ``max_steps`` was reached.
+        True when ``max_steps`` was reached or ``on_step`` asked to stop.
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -155,8 +156,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Mapping[str, Tensor]], op
         scheduler.step()
         state.step += 1
         metrics["grad_norm"] = grad_norm.detach().float()
-        if on_step is not None:
-            on_step(state, dict(metrics), examples)
+        if on_step is not None and on_step(state, dict(metrics), examples):
+            return True
     optimizer.zero_grad(set_to_none=True)
     return state.step >= max_steps
 
@@ -183,10 +184,11 @@ class MetricAverager:
         """Interval means; all ranks must call it together when distributed (it all-reduces)."""
         keys = sorted(self.sums)
         values = torch.tensor([self.sums[k] / self.counts[k] for k in keys] + [float(self.examples)],
-                              dtype=torch.float64)
+                              dtype=torch.float64, device=collective_device())
         if is_distributed():
             torch.distributed.all_reduce(values)
             values[:-1] /= world_size()
+        values = values.cpu()
         out = {key: float(v) for key, v in zip(keys, values[:-1].tolist())}
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         out["examples_per_s"] = float(values[-1]) / elapsed

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader
 from vlptm.config import to_dict
 from vlptm.data.pretrain import BucketBatchSampler, MaskingOptions, PretrainDataset, PretrainSource, collate_pretrain
 from vlptm.objectives import PretrainingModel
+from vlptm.objectives._dist import collective_device
 from vlptm.train import checkpoint as ckpt
 from vlptm.train.config import PretrainConfig
 from vlptm.train.distributed import DistInfo, barrier, cleanup, init_distributed
@@ -132,7 +134,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, info: DistInfo) -> Path:
     model_config = get_model_config(cfg.model, **{k: v for k, v in cfg.model_overrides.items()
                                                    if k != "region_feat_dim"})
     dataset = build_dataset(cfg, pos_dim=int(model_config.region_pos_dim))
-    feature_dim = int(getattr(dataset.stores[0], "feature_dim"))
+    feature_dim = int(dataset.stores[0].feature_dim)
     model = build_model(cfg, feature_dim, dataset.num_region_classes).to(device)
 
     sampler = BucketBatchSampler(dataset.lengths(), cfg.data.batch_size, num_replicas=info.world_size,
@@ -192,16 +194,24 @@ def _pretrain(cfg: PretrainConfig, resume: bool, info: DistInfo) -> Path:
             ckpt.save_checkpoint(run_dir, state.step, model, trainer_state, config_yaml, cfg.keep_checkpoints)
         barrier()
 
-    def on_step(state: TrainState, metrics: Dict[str, Tensor], examples: int) -> None:
+    started = time.monotonic()
+
+    def on_step(state: TrainState, metrics: Dict[str, Tensor], examples: int) -> bool:
         averager.add(metrics, examples)
         run_log.advance()
-        if state.step % cfg.log_every == 0 or state.step == cfg.optim.max_steps:
+        limit_s = 60 * cfg.time_limit_minutes
+        out_of_time = _all_agree(limit_s > 0 and time.monotonic() - started > limit_s)
+        if state.step % cfg.log_every == 0 or state.step == cfg.optim.max_steps or out_of_time:
             entry = {"step": state.step, "epoch": state.epoch, "lr": scheduler.get_last_lr()[0]}
             entry.update(averager.summary())
             run_log.log(entry)
             averager.reset()
+        if out_of_time:
+            run_log.write(f"time limit of {cfg.time_limit_minutes} min reached at step {state.step}")
+            return True
         if state.step % cfg.save_every == 0 and state.step < cfg.optim.max_steps:
             save()
+        return False
 
     done = state.step >= cfg.optim.max_steps
     while not done:
@@ -218,6 +228,15 @@ def _pretrain(cfg: PretrainConfig, resume: bool, info: DistInfo) -> Path:
         save()
     run_log.close()
     return run_dir
+
+
+def _all_agree(flag: bool) -> bool:
+    """True on every rank when it is true on any (rank 0's clock decides nothing alone)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    value = torch.tensor([float(flag)], device=collective_device())
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _gather_rng_states(info: DistInfo) -> list:
