@@ -12,6 +12,7 @@ from vlptm.data.images import load_image_tensor
 from vlptm.data.readers import QuestionRecord
 from vlptm.data.scenes import generate_world
 from vlptm.detection import build_extractor
+from vlptm.detection.config import config_to_dict
 from vlptm.features import FeatureStoreWriter
 from vlptm.features.extract import list_images
 from vlptm.models import create_model
@@ -29,8 +30,9 @@ def world(tmp_path_factory):
     generate_world(root / "world", num_images=80, seed=11, image_size=64)
     extractor = build_extractor("grid-effnet-lite0", min_size=FEATURE_SIDE, max_size=FEATURE_SIDE, grid_size=3)
     items = list_images(root / "world" / "vqa.json")
+    config = {"kind": "GridExtractor", "config": config_to_dict(extractor.config)}  # as `vlptm extract` records it
     with FeatureStoreWriter(root / "store", feature_dim=extractor.feature_dim, extractor_name="grid-effnet-lite0",
-                            extractor_config_hash="grid-test", writer_name="main") as writer:
+                            extractor_config_hash="grid-test", extractor_config=config, writer_name="main") as writer:
         for start in range(0, len(items), 16):
             chunk = items[start:start + 16]
             for item, regions in zip(chunk, extractor.extract([load_image_tensor(i.path) for i in chunk])):
@@ -227,6 +229,12 @@ def test_finetune_vqa_command(world, tmp_path, capsys):
     assert metrics["answers"] <= 30
     tuner = VQAFineTuner.load(tmp_path / "out" / "model")
     assert len(tuner.answers) == metrics["answers"]
+    # the extractor saved with the model is the one behind the features (the store's 64-px grid config)
+    assert tuner._require_extractor().config.min_size == FEATURE_SIDE
+    record = world["val"].records[0]
+    from_store = dict(tuner.predict(world["val"].features[record.image_id], record.question, len(tuner.answers)))
+    for answer, probability in tuner.predict(record.path, record.question, 5):
+        assert abs(probability - from_store[answer]) < 2e-2  # float16 store vs float32 extraction
     assert main(["finetune-vqa", "--config", str(recipe), "--optim.no_such_key=1"]) == 2
 
 

@@ -32,7 +32,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -78,6 +78,7 @@ class VQAOptions:
     set_threshold: float = 0.5  # gold-set data: answers with probability >= this join the top answer's set
     extractor: str = ""  # region extractor for raw images (variant, YAML or saved folder); "" = the store's
     extractor_hash: str = ""  # config hash of the extractor behind the training features (checked by predict)
+    extractor_config: Dict[str, Any] = field(default_factory=dict)  # its dotted config overrides (from the store)
 
 
 @dataclass
@@ -632,6 +633,9 @@ class VQAFineTuner:
         extractor = manifest.get("extractor") or {}
         if not self.options.extractor and extractor.get("name"):
             self.options.extractor = str(extractor["name"])
+            config = (extractor.get("config") or {}).get("config")
+            if isinstance(config, dict) and not Path(self.options.extractor).is_dir():
+                self.options.extractor_config = _flatten(config)  # e.g. the --set min_size=256 of extraction
         if extractor.get("config_hash"):
             self.options.extractor_hash = str(extractor["config_hash"])
 
@@ -754,7 +758,13 @@ class VQAFineTuner:
                                    "raw images, or pass RegionFeatures")
             from vlptm.detection import build_extractor
 
-            self.extractor = build_extractor(self.options.extractor)
+            name, overrides = self.options.extractor, self.options.extractor_config
+            try:
+                self.extractor = build_extractor(name, **({} if Path(name).is_dir() else overrides))
+            except (KeyError, TypeError, ValueError) as err:
+                logger.warning("extractor %s: the training features' config does not apply (%s); using its "
+                               "defaults", name, err)
+                self.extractor = build_extractor(name)
             try:
                 found = self.extractor.config_hash()
             except Exception as err:  # the check is advisory; an unhashable extractor still extracts
@@ -861,6 +871,17 @@ def _gold_set(record: QuestionRecord, vocab: AnswerVocab) -> set:
 
     norm = NORMALIZERS[vocab.normalize]
     return {norm(a) for a in record.answers}
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (extractor config overrides)."""
+    out: Dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _cpu_state(model: nn.Module) -> Dict[str, Tensor]:
