@@ -135,7 +135,7 @@ class EmbeddingIndex:
         self._payload: Dict[str, str] = {}  # id -> image path / caption
         self._hidden: set = set()  # labels removed from the id map but still inside the FAISS index
         self._vectors = np.zeros((0, self.dim), dtype=np.float32)  # (N, E) by label when keep_vectors
-        self._count_vectors = 0
+        self._apply_search_params()
 
     # -- contents -------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -321,7 +321,6 @@ class EmbeddingIndex:
         if rescore and not self.keep_vectors:
             raise RetrievalIndexError("rescore needs the raw vectors (keep_vectors=True)")
         fetch = min(self.ntotal, max(kk, int(rescore)) + len(self._hidden))
-        self._apply_search_params()
         while True:
             scores, labels = self._index.search(array, fetch)  # (Q, fetch)
             rows = []
@@ -430,6 +429,7 @@ class EmbeddingIndex:
                                        f"({len(self._ids)}, {self.dim})")
         else:
             self._vectors = np.zeros((0, self.dim), dtype=np.float32)
+        self._apply_search_params()
         if self._index.d != self.dim or self.ntotal != len(self._label) + len(self._hidden):
             raise IndexFormatError(f"{path}: {INDEX_FILE} holds {self.ntotal} vectors of dim {self._index.d}; the "
                                    f"id map expects {len(self._label) + len(self._hidden)} of dim {self.dim}")

@@ -211,3 +211,61 @@ class Searcher:
         boxes = features.boxes[: attention.shape[1]].float().tolist()
         return {"image_id": image_id, "tokens": tokens, "boxes": boxes, "image_size": list(features.image_size),
                 "attention": attention.round(5).tolist(), "itm": None if np.isnan(itm) else float(itm)}
+
+
+class QueryBatcher:
+    """Dynamic batching of concurrent text-to-image queries: one encoder batch serves many requests.
+
+    Callers on any thread block in :meth:`text_to_image`; one worker thread takes every query waiting at
+    that moment (up to ``max_batch``), runs them through :meth:`Searcher.text_to_image` as one batch per
+    ``(k, rerank)`` setting, and hands each caller its own results. Under load, queries arriving while a
+    batch runs form the next batch, so throughput grows with concurrency instead of queueing one by one.
+
+    Args:
+        searcher: the :class:`Searcher`.
+        max_batch: most queries per batch.
+
+    Example:
+        >>> batcher = QueryBatcher(searcher)                    # doctest: +SKIP
+        >>> hits = batcher.text_to_image("a red circle", k=5)   # doctest: +SKIP
+    """
+
+    def __init__(self, searcher: Searcher, max_batch: int = 32) -> None:
+        import queue
+
+        self.searcher, self.max_batch = searcher, int(max_batch)
+        self._queue: "queue.Queue" = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="vlptm-query-batcher", daemon=True)
+        self._worker.start()
+
+    def text_to_image(self, query: str, k: int = 10, rerank: Optional[int] = None,
+                      timeout: Optional[float] = None) -> List[SearchHit]:
+        """The ``k`` best images of one query (blocks until its batch has run; re-raises its error)."""
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        self._queue.put((query, int(k), rerank, future))
+        return future.result(timeout=timeout)
+
+    def _run(self) -> None:
+        import queue
+
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            groups: Dict[tuple, list] = {}
+            for item in batch:
+                groups.setdefault((item[1], item[2]), []).append(item)
+            for (k, rerank), items in groups.items():
+                try:
+                    results = self.searcher.text_to_image([q for q, _, _, _ in items], k=k, rerank=rerank)
+                except Exception as err:  # noqa: BLE001 - handed to every waiting caller
+                    for _, _, _, future in items:
+                        future.set_exception(err)
+                    continue
+                for (_, _, _, future), hits in zip(items, results):
+                    future.set_result(hits)

@@ -47,9 +47,12 @@ def create_app(searcher: Any, *, max_query_chars: int = MAX_QUERY_CHARS, max_k: 
     from fastapi import FastAPI, HTTPException, Query
     from fastapi.responses import FileResponse, HTMLResponse
 
+    from vlptm.retrieval.search import QueryBatcher
+
     app = FastAPI(title="vlptm retrieval demo", docs_url="/api/docs", openapi_url="/api/openapi.json")
     page = _page()
     images = searcher.images
+    batcher = QueryBatcher(searcher)  # concurrent searches share encoder batches
 
     def clean_query(q: str) -> str:
         text = " ".join(q.split())
@@ -82,7 +85,7 @@ def create_app(searcher: Any, *, max_query_chars: int = MAX_QUERY_CHARS, max_k: 
                rerank: Optional[int] = Query(None, ge=0, le=1000)) -> dict:
         query = clean_query(q)
         start = time.perf_counter()
-        hits = searcher.text_to_image([query], k=k, rerank=rerank)[0]
+        hits = batcher.text_to_image(query, k=k, rerank=rerank)
         results = [{"image_id": h.item_id, "score": h.score, "itc": h.itc, "itm": h.itm,
                     "url": f"/api/images/{h.item_id}"} for h in hits]
         return {"query": query, "results": results, "seconds": time.perf_counter() - start}
