@@ -1,9 +1,11 @@
 """Shared Transformer blocks of both encoders: embeddings, attention, FFN, layers, pooler.
 
-Every attention runs on ``torch.nn.functional.scaled_dot_product_attention`` with an additive key-padding
-mask; an explicit softmax path is used only when attention probabilities are asked for. Query, key and
-value projections are one fused ``(3H, H)`` matrix (one GEMM instead of three); the interop loaders
-concatenate the peers' separate ``query``/``key``/``value`` weights into it.
+Attention runs on ``torch.nn.functional.scaled_dot_product_attention`` with an additive key-padding mask.
+An explicit matmul-softmax-matmul path serves attention maps (``output_attentions``) and, with the default
+``attention_backend="auto"``, CPU passes that need gradients, where it is measured faster than SDPA's CPU
+backward (see :func:`attend`). Query, key and value projections are one fused ``(3H, H)`` matrix (one GEMM
+instead of three); the interop loaders concatenate the peers' separate ``query``/``key``/``value`` weights
+into it. Position-wise work (Linear, FFN, LayerNorm, dropout) runs on the real tokens only (:class:`Packing`).
 
 Shape legend: B batch, T text tokens, R regions, L any sequence length, n real (non-padded) tokens,
 H hidden size, N heads, d = H / N head size, D region feature dim, P region position dim, I FFN inner size.
