@@ -67,12 +67,13 @@ def _pairs(args: argparse.Namespace):
     torch.manual_seed(0)
     lxmert = LxmertModel(LxmertConfig(l_layers=args.l_layers, r_layers=args.r_layers, x_layers=args.x_layers,
                                       visual_feat_dim=args.feat_dim, visual_pos_dim=4, **common)).train()
-    dual = DualStreamEncoder(infer_lxmert_config(lxmert.state_dict(), num_attention_heads=args.heads)).train()
+    dual = DualStreamEncoder(infer_lxmert_config(lxmert.state_dict(), num_attention_heads=args.heads,
+                                                 attention_backend=args.attention_backend)).train()
     load_lxmert(dual, lxmert.state_dict(), strict=True)
     visualbert = VisualBertModel(VisualBertConfig(num_hidden_layers=args.layers, visual_embedding_dim=args.feat_dim,
                                                   **common)).train()
-    single = SingleStreamEncoder(infer_visualbert_config(visualbert.state_dict(), num_attention_heads=args.heads)
-                                 ).train()
+    single = SingleStreamEncoder(infer_visualbert_config(visualbert.state_dict(), num_attention_heads=args.heads,
+                                                         attention_backend=args.attention_backend)).train()
     load_visualbert(single, visualbert.state_dict(), strict=True)
 
     b4 = _batch(args.batch, args.text_len, args.regions, args.feat_dim, 4)
@@ -119,12 +120,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9, help="timed steps per model and precision")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--attention-backend", default="auto", choices=("auto", "sdpa", "explicit"),
+                        help="vlptm's attention kernel (auto: SDPA except CPU autograd passes)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; hidden {args.hidden}, {args.heads} heads, "
           f"B={args.batch}, T={args.text_len}, R={args.regions}, D={args.feat_dim}; dual {args.l_layers}/"
-          f"{args.r_layers}/{args.x_layers}, single {args.layers} layers; {args.repeats} interleaved steps each")
+          f"{args.r_layers}/{args.x_layers}, single {args.layers} layers; {args.repeats} interleaved steps each; "
+          f"vlptm attention_backend={args.attention_backend}")
     rows: List[Dict[str, object]] = []
     for title, (hf_model, hf_fwd), (our_model, our_fwd) in _pairs(args):
         for bf16 in (False, True):
