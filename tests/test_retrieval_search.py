@@ -134,3 +134,20 @@ def test_model_without_itm_head_cannot_rerank(world):
     searcher = Searcher(model, EmbeddingIndex.load(out), world["store"], rerank=8)
     hits = searcher.text_to_image(["a red circle"], k=3)[0]
     assert [h.itm for h in hits] == [None, None, None]  # falls back to ITC ranking
+
+
+def test_query_batcher_gives_each_caller_its_own_results(searcher):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vlptm.retrieval import QueryBatcher
+
+    batcher = QueryBatcher(searcher, max_batch=8)
+    queries = [f"a {colour} {shape}" for colour in ("red", "blue", "green") for shape in ("circle", "star")]
+    direct = {q: [(h.item_id, round(h.score, 5)) for h in searcher.text_to_image([q], k=3)[0]] for q in queries}
+    with ThreadPoolExecutor(max_workers=len(queries)) as pool:
+        batched = list(pool.map(lambda q: batcher.text_to_image(q, k=3, timeout=60), queries * 2))
+    for query, hits in zip(queries * 2, batched):
+        assert [(h.item_id, round(h.score, 5)) for h in hits] == direct[query]
+    with pytest.raises(ValueError):  # an error reaches the caller instead of killing the worker
+        batcher.text_to_image("a red circle", k=0, timeout=60)
+    assert len(batcher.text_to_image("a red circle", k=2, timeout=60)) == 2

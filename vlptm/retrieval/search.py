@@ -132,6 +132,8 @@ class Searcher:
             Q lists of :class:`SearchHit`, best first.
         """
         depth = self.rerank if rerank is None else int(rerank)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
         with self._lock:
             query_emb = self.model.embed_texts(list(queries))  # (Q, E)
             fetch = max(k, depth) if depth > 0 else k
@@ -163,6 +165,8 @@ class Searcher:
         if self.captions is None:
             raise ValueError("image-to-text search needs a caption index (vlptm index --captions FILE)")
         depth = self.rerank if rerank is None else int(rerank)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
         with self._lock:
             regions = [self.model.regions(r) for r in images]
             query_emb = self.model.embed_regions(regions)  # (Q, E)
