@@ -16,8 +16,18 @@ from vlptm.detection.config import config_to_dict
 from vlptm.features import FeatureStoreWriter
 from vlptm.features.extract import list_images
 from vlptm.models import create_model
-from vlptm.tasks import (MajorityAnswerBaseline, VQAExamples, VQAFineTuner, VQAHead, VQAModel,
-                         VQAOptions, collate_vqa, split_by_image, vqa_loss)
+from vlptm.structures import RegionFeatures
+from vlptm.tasks import (
+    MajorityAnswerBaseline,
+    VQAExamples,
+    VQAFineTuner,
+    VQAHead,
+    VQAModel,
+    VQAOptions,
+    collate_vqa,
+    split_by_image,
+    vqa_loss,
+)
 
 FEATURE_SIDE = 64
 
@@ -276,3 +286,36 @@ def test_annotator_count_questions_score_the_official_accuracy(world):
     expected = np.mean([vqa_accuracy(top, r.answers) for top, r in zip(tops, test.records)])
     assert metrics["vqa_accuracy"] == pytest.approx(expected) == pytest.approx(metrics["accuracy"])
     assert "exact_set" not in metrics and metrics["n"] == 20
+
+
+def test_vqa_v2_files_load_and_evaluate(tmp_path):
+    questions = {"data_subtype": "val2014", "questions": [
+        {"image_id": 1, "question": "what color is the cat?", "question_id": 10},
+        {"image_id": 1, "question": "how many cats?", "question_id": 11},
+        {"image_id": 2, "question": "is it raining?", "question_id": 20}]}
+    annotations = {"annotations": [
+        {"question_id": 10, "question_type": "what color is the", "answer_type": "other",
+         "answers": [{"answer": a} for a in ["black"] * 6 + ["gray"] * 4]},
+        {"question_id": 11, "question_type": "how many", "answer_type": "number",
+         "answers": [{"answer": a} for a in ["2"] * 2 + ["two"] * 2 + ["3"] * 6]},
+        {"question_id": 20, "question_type": "is it", "answer_type": "yes/no",
+         "answers": [{"answer": "no"}] * 10}]}
+    (tmp_path / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps(questions))
+    (tmp_path / "v2_mscoco_val2014_annotations.json").write_text(json.dumps(annotations))
+    generator = torch.Generator().manual_seed(0)
+    with FeatureStoreWriter(tmp_path / "store", feature_dim=6, extractor_name="test", extractor_config_hash="t",
+                            writer_name="main") as writer:
+        for image_id in ("1", "2"):
+            boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 20.0, 15.0]])
+            writer.add(image_id, RegionFeatures(boxes, torch.randn(2, 6, generator=generator), torch.ones(2), (20, 30)))
+    data = VQAExamples.load(tmp_path / "v2_OpenEnded_mscoco_val2014_questions.json", tmp_path / "store")
+    assert [r.multi_label for r in data.records] == [False] * 3 and len(data.records[1].answers) == 10
+    tuner = VQAFineTuner.from_pretrained("single-tiny", answers=["no", "black", "3", "2"], region_feat_dim=6)
+    tuner.fit(data, max_steps=1, batch_size=3, device="cpu")
+    metrics = tuner.evaluate(data)
+    assert metrics["n"] == 3 and set(metrics["by_answer_type"]) == {"other", "number", "yes/no"}
+    assert metrics["by_question_type"]["how many"]["n"] == 1
+    # "2"/"two" together are 4 of 10 annotators: full credit; "3" (6 of 10): full credit
+    top = tuner.predict(data.features["1"], "how many cats?", top_k=1)[0][0]
+    expected = {"2": 1.0, "3": 1.0}.get(top, 0.0)
+    assert metrics["by_question_type"]["how many"]["accuracy"] == pytest.approx(expected)
