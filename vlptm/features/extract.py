@@ -70,6 +70,9 @@ class ExtractionSummary:
     failed: int = 0  # could not be loaded or extracted (see the errors file)
     seconds: float = 0.0  # wall time of the extraction loop (model load excluded)
     images_per_second: float = 0.0  # done / seconds
+    forward_seconds: float = 0.0  # of which in extractor.extract (the model)
+    wait_seconds: float = 0.0  # of which waiting for decoded batches (DataLoader)
+    store_seconds: float = 0.0  # of which buffering, casting and committing shards (fsync included)
     failures: Dict[str, int] = field(default_factory=dict)  # reason -> count
 
     def as_dict(self) -> Dict[str, Any]:
@@ -278,14 +281,24 @@ def extract_to_store(
 
         start_time = time.perf_counter()
         with tqdm(total=todo, unit="img", desc="extract", disable=not progress, dynamic_ncols=True) as bar:
-            for batch in loader:
+            batches_iter = iter(loader)
+            while True:
+                tick = time.perf_counter()
+                batch = next(batches_iter, None)
+                summary.wait_seconds += time.perf_counter() - tick
+                if batch is None:
+                    break
                 good: List[Tuple[int, torch.Tensor]] = []
                 for index, image, reason, detail in batch:
                     if image is None:
                         fail(index, "load", reason, detail)
                     else:
                         good.append((index, image))
-                for index, regions in _extract_batch(extractor, good, device, autocast, fail):
+                tick = time.perf_counter()
+                results = list(_extract_batch(extractor, good, device, autocast, fail))
+                summary.forward_seconds += time.perf_counter() - tick
+                tick = time.perf_counter()
+                for index, regions in results:
                     try:
                         writer.add(items[index].image_id, regions)
                     except InvalidRegionsError as err:
@@ -293,8 +306,11 @@ def extract_to_store(
                         continue
                     summary.done += 1
                 writer.commit_if_full()  # only between batches: see the module docstring
+                summary.store_seconds += time.perf_counter() - tick
                 bar.update(len(batch))
-        writer.close()
+            tick = time.perf_counter()
+            writer.close()
+            summary.store_seconds += time.perf_counter() - tick
         summary.seconds = time.perf_counter() - start_time
     except BaseException:
         writer.abort()  # the buffered batch is redone by the next run
