@@ -84,7 +84,8 @@ def _check_against_lxmert(hf_model, encoder):
         _close(ours.transpose(1, 2), theirs.transpose(1, 2), x["attention_mask"])  # real words' rows
 
 
-@pytest.mark.parametrize("layout", ["LxmertModel", "LxmertForPreTraining", "original module.bert.", "original bert."])
+@pytest.mark.parametrize("layout", ["LxmertModel", "LxmertForPreTraining", "original module.bert.", "original bert.",
+                                    "fine-tuned lxrt_encoder.model.bert."])
 def test_lxmert_state_dicts_load_into_dual_stream_and_match(layout):
     pretraining = _lxmert_reference()
     state = pretraining.state_dict()
@@ -94,6 +95,9 @@ def test_lxmert_state_dicts_load_into_dual_stream_and_match(layout):
         prefix = "module." if "module" in layout else ""
         state = {(f"{prefix}bert.{k[len('lxmert.'):]}" if k.startswith("lxmert.") else f"{prefix}{k}"): v
                  for k, v in state.items()}
+    elif layout.startswith("fine-tuned"):  # the original release's VQA/GQA/NLVR2 wrappers
+        state = {(f"lxrt_encoder.model.bert.{k[len('lxmert.'):]}" if k.startswith("lxmert.") else
+                  f"logit_fc.{k}"): v for k, v in state.items()}
     config = infer_lxmert_config(state, num_attention_heads=HEADS)
     assert (config.num_text_layers, config.num_region_layers, config.num_cross_layers) == (2, 2, 2)
     assert (config.region_feat_dim, config.region_pos_dim, config.vocab_size) == (FEAT, 4, 100)

@@ -17,7 +17,8 @@ Accepted layouts:
   ``uniter.encoder.layer.N.*``, ``uniter.pooler.*``); -> single stream with ``region_embedding="uniter"``.
 - BERT (text initialisation): ``BertModel`` keys, with or without ``bert.``.
 
-``module.`` prefixes (DataParallel) and TF-style LayerNorm ``gamma``/``beta`` names are accepted everywhere.
+``module.`` prefixes (DataParallel), any other wrapper prefix in front of the encoder (found from where
+``embeddings.word_embeddings.weight`` sits) and TF-style LayerNorm ``gamma``/``beta`` names are accepted.
 """
 from __future__ import annotations
 
@@ -108,10 +109,20 @@ def _normalise(key: str) -> str:
     return re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))
 
 
+_ANCHOR = "embeddings.word_embeddings.weight"
+
+
 def _split(state: Mapping[str, Tensor], prefixes: Sequence[str], roots: Sequence[str]
            ) -> Tuple[Dict[str, Tensor], List[str]]:
-    """Split into (encoder keys without prefix, ignored keys)."""
+    """Split into (encoder keys without prefix, ignored keys).
+
+    The encoder's prefix is the one in front of ``embeddings.word_embeddings.weight`` (so wrappers such as
+    LXMERT's fine-tuned ``lxrt_encoder.model.bert.`` work too); without that key, the known ``prefixes``.
+    """
     state = {_normalise(k): v for k, v in state.items()}
+    anchors = [k[: -len(_ANCHOR)] for k in state if k == _ANCHOR or k.endswith("." + _ANCHOR)]
+    if len(anchors) == 1 and anchors[0]:
+        prefixes = (anchors[0],)
     prefixed = any(k.startswith(p) for k in state for p in prefixes)
     encoder, ignored = {}, []
     for key, value in state.items():
