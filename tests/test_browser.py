@@ -17,7 +17,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOT = Path(__file__).resolve().parents[1] / "runs" / "demo-page.png"
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium, or make browser)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None,
+                                reason="no chromium binary (apt-get install chromium, or make browser)")
 
 
 def test_query_shows_result_images_and_attention():

@@ -36,6 +36,11 @@ def test_two_stage_equals_exhaustive_when_every_pair_is_reranked(small_set, kind
     shallow = evaluate_retrieval(model, store, data, modes=["two-stage"], rerank=3)
     assert shallow["two-stage"]["itm_pairs"] < full["two-stage"]["itm_pairs"]
     assert "itc" not in shallow and "exhaustive" not in shallow
+    cache: dict = {}
+    first = evaluate_retrieval(model, store, data, rerank=3, itc_weight=0.5, itm_cache=cache)
+    again = evaluate_retrieval(model, store, data, rerank=3, itc_weight=0.5, itm_cache=cache)
+    for mode in ("two-stage", "exhaustive"):  # reused ITM scores give the same recalls
+        assert again[mode]["t2i"] == first[mode]["t2i"] and again[mode]["i2t"] == first[mode]["i2t"]
 
 
 def test_itc_recalls_match_brute_force(small_set):

@@ -8,7 +8,8 @@ Example:
     >>> index.search(np.ones((1, 8), np.float32) / np.sqrt(8), k=1)[1]
     [['img1']]
 """
-from vlptm.retrieval.evaluate import MODES, EvalSet, evaluate_retrieval, exhaustive_itm, format_results, recalls_from_ranks
+from vlptm.retrieval.evaluate import (MODES, EvalSet, evaluate_retrieval, exhaustive_itm, format_results,
+                                      recalls_from_ranks)
 from vlptm.retrieval.index import (EmbeddingIndex, IndexFormatError, IndexMismatchError, IndexTrainingError,
                                    RetrievalIndexError, read_index_manifest)
 from vlptm.retrieval.model import Regions, RetrievalModel, RetrievalModelError

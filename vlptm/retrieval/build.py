@@ -35,7 +35,8 @@ def image_paths(source: PathLike, image_root: Optional[PathLike] = None) -> Dict
 
 def _store_extractor(store: Any) -> Dict[str, Any]:
     extractor = store.manifest.get("extractor") or {}
-    return {"name": extractor.get("name"), "config_hash": extractor.get("config_hash"), "store": str(Path(store.path).resolve())}
+    return {"name": extractor.get("name"), "config_hash": extractor.get("config_hash"),
+            "store": str(Path(store.path).resolve())}
 
 
 def _open_or_new(out: Path, model: RetrievalModel, factory: str, modality: str, extractor: Mapping[str, Any],

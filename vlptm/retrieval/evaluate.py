@@ -106,7 +106,7 @@ def _region_list(model: RetrievalModel, store: Any, image_ids: Sequence[str]) ->
 
 def evaluate_retrieval(model: RetrievalModel, store: Any, data: EvalSet, *, modes: Sequence[str] = MODES,
                        rerank: int = 16, itc_weight: float = 0.0, factory: str = "Flat", batch_size: int = 128,
-                       progress: bool = False) -> Dict[str, Any]:
+                       progress: bool = False, itm_cache: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Recall of text-to-image and image-to-text retrieval in the requested modes.
 
     Args:
@@ -119,6 +119,9 @@ def evaluate_retrieval(model: RetrievalModel, store: Any, data: EvalSet, *, mode
         factory: FAISS layout of the first stage (``"Flat"`` is exact).
         batch_size: pairs (or images, captions) per forward pass.
         progress: log progress of the exhaustive mode.
+        itm_cache: a dict kept between calls with the same model and data: ITM scores computed by one call
+            are reused by the next (to compare ``itc_weight`` values without re-running the encoder; the
+            reported seconds of a call that reused scores leave the reused ITM passes out).
 
     Returns:
         ``{"images": I, "captions": T, "rerank": K, "embed_seconds": s, MODE: {"t2i": {"r1", "r5", "r10"},
@@ -167,9 +170,13 @@ def evaluate_retrieval(model: RetrievalModel, store: Any, data: EvalSet, *, mode
         k = int(rerank)
         pair_set = {(t, i) for t, row in enumerate(t2i_cand) for i in row[:k]}
         pair_set |= {(t, i) for i, row in enumerate(i2t_cand) for t in row[:k]}
-        pairs = np.array(sorted(pair_set), dtype=np.int64).reshape(-1, 2)  # (P, 2)
-        itm = model.itm_scores(text_ids, regions, pairs, batch_size)  # (P,)
-        score = dict(zip(map(tuple, pairs.tolist()), itm.tolist()))
+        cache = itm_cache if itm_cache is not None else {}
+        score = cache.setdefault("pairs", {})
+        missing = np.array(sorted(pair_set - set(score)), dtype=np.int64).reshape(-1, 2)  # (P, 2)
+        if len(missing):
+            itm = model.itm_scores(text_ids, regions, missing, batch_size)  # (P,)
+            score.update(zip(map(tuple, missing.tolist()), itm.tolist()))
+        pairs = np.array(sorted(pair_set), dtype=np.int64).reshape(-1, 2)
         t2i_ranked = [_rerank(row[:k], [score[(t, i)] for i in row[:k]], t2i_itc[t, :k], itc_weight) + row[k:]
                       for t, row in enumerate(t2i_cand)]
         i2t_ranked = [_rerank(row[:k], [score[(t, i)] for t in row[:k]], i2t_itc[i, :k], itc_weight) + row[k:]
@@ -179,7 +186,12 @@ def evaluate_retrieval(model: RetrievalModel, store: Any, data: EvalSet, *, mode
                                       first_stage + time.perf_counter() - start, len(pairs))
     if "exhaustive" in modes:
         start = time.perf_counter()
-        itm = exhaustive_itm(model, text_ids, regions, batch_size, progress)  # (T, I)
+        if itm_cache is not None and "exhaustive" in itm_cache:
+            itm = itm_cache["exhaustive"]  # (T, I)
+        else:
+            itm = exhaustive_itm(model, text_ids, regions, batch_size, progress)  # (T, I)
+            if itm_cache is not None:
+                itm_cache["exhaustive"] = itm
         itc = model.embed_texts(data.captions, batch_size) @ model.embed_regions(regions, batch_size).T  # (T, I)
         final = combine_scores(itm, itc, itc_weight)  # (T, I)
         t2i_ranks = (final > final[np.arange(n_captions), gold_image][:, None]).sum(axis=1)  # (T,)

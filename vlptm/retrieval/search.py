@@ -139,8 +139,7 @@ class Searcher:
             fetch = max(k, depth) if depth > 0 else k
             itc, ids = self.images.search(query_emb, fetch)  # (Q, K)
             if depth <= 0 or not self.can_rerank:
-                return [[SearchHit(i, float(s), float(s), None, self.images.payload(i)) for i, s in zip(row, srow)][:k]
-                        for row, srow in zip(ids, itc)]
+                return self._itc_only(ids, itc, k, self.images)
             text_ids = self.model.tokenize(list(queries))
             unique = sorted({i for row in ids for i in row})
             position = {image_id: n for n, image_id in enumerate(unique)}
@@ -173,14 +172,18 @@ class Searcher:
             fetch = max(k, depth) if depth > 0 else k
             itc, ids = self.captions.search(query_emb, fetch)  # (Q, K)
             if depth <= 0 or not self.model.has_itm:
-                return [[SearchHit(i, float(s), float(s), None, self.captions.payload(i)) for i, s in zip(row, srow)][:k]
-                        for row, srow in zip(ids, itc)]
+                return self._itc_only(ids, itc, k, self.captions)
             unique = sorted({i for row in ids for i in row})
             position = {caption_id: n for n, caption_id in enumerate(unique)}
             text_ids = self.model.tokenize([self.captions.payload(i) or "" for i in unique])
             pairs = np.array([(position[i], q) for q, row in enumerate(ids) for i in row], dtype=np.int64)
             itm = self.model.itm_scores(text_ids, regions, pairs) if len(pairs) else np.zeros(0, np.float32)
         return self._rank(ids, itc, itm, k, self.captions)
+
+    @staticmethod
+    def _itc_only(ids: List[List[str]], itc: np.ndarray, k: int, index: EmbeddingIndex) -> List[List[SearchHit]]:
+        return [[SearchHit(i, float(s), float(s), None, index.payload(i)) for i, s in zip(row, scores)][:k]
+                for row, scores in zip(ids, itc)]
 
     def _rank(self, ids: List[List[str]], itc: np.ndarray, itm: np.ndarray, k: int,
               index: EmbeddingIndex) -> List[List[SearchHit]]:
