@@ -1,7 +1,7 @@
 """Image-text contrastive learning with a learnable temperature, across distributed ranks.
 
-Text and image embeddings come from the encoder's unimodal passes (text only / regions only): each
-pooled state is projected to ``E`` dimensions and L2-normalised. These are the embeddings a retrieval
+Text and image embeddings come from the encoder's unimodal passes (text only / regions only): the mean
+of each pass's states is projected to ``E`` dimensions and L2-normalised. These are the embeddings a retrieval
 index stores. The loss is the symmetric InfoNCE of CLIP over every pair of the global batch: embeddings are
 all-gathered from every rank, only this rank's rows keep their gradient, and the gradient is scaled by the
 world size so that DDP's gradient averaging reproduces the single-process gradient exactly.
@@ -46,11 +46,11 @@ class ImageTextContrastive(nn.Module):
         self.max_log_scale = math.log(max_logit_scale)
 
     def embed_text(self, pooled: Tensor) -> Tensor:
-        """``(B, H)`` pooled text-only states -> ``(B, E)`` unit-norm text embeddings."""
+        """``(B, H)`` summary of a text-only pass (mean state) -> ``(B, E)`` unit-norm text embeddings."""
         return F.normalize(self.text_proj(pooled).float(), dim=-1)
 
     def embed_image(self, pooled: Tensor) -> Tensor:
-        """``(B, H)`` pooled regions-only states -> ``(B, E)`` unit-norm image embeddings."""
+        """``(B, H)`` summary of a regions-only pass (mean state) -> ``(B, E)`` unit-norm image embeddings."""
         return F.normalize(self.image_proj(pooled).float(), dim=-1)
 
     def logits(self, text_emb: Tensor, image_emb: Tensor) -> Tensor:

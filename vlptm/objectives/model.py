@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from vlptm.models.base import VisionLanguageEncoder
+from vlptm.models.layers import masked_mean
 from vlptm.objectives.itc import ImageTextContrastive
 from vlptm.objectives.itm import ImageTextMatching, sample_hard_negatives
 from vlptm.objectives.masking import IGNORE_INDEX
@@ -93,14 +94,23 @@ class PretrainingModel(nn.Module):
         self.itc = ImageTextContrastive(hidden, itc_embed_dim, itc_temperature) if needs_itc else None
 
     # -- retrieval embeddings -----------------------------------------------------------------------------
+    # The unimodal passes are summarised by the mean of their real token / region states, not by the
+    # [CLS] pooler: at initialisation every text's [CLS] state is nearly the same vector (the residual
+    # stream carries the identical [CLS] embedding), which stalls contrastive learning, while the mean of
+    # the states differs from the first step on.
     def embed_text(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Text-only pass -> ``(B, E)`` unit-norm text embeddings (keys ``input_ids``, ``attention_mask``)."""
-        return self.itc.embed_text(self.encoder(_pick(batch, _TEXT)).pooled)
+        inputs = _pick(batch, _TEXT)
+        mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))  # (B, T)
+        return self.itc.embed_text(masked_mean(self.encoder(inputs).text_hidden, mask))
 
     def embed_images(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Regions-only pass -> ``(B, E)`` unit-norm image embeddings (keys ``region_feats``, ``region_pos``,
         ``region_mask``)."""
-        return self.itc.embed_image(self.encoder(_pick(batch, _REGIONS)).pooled)
+        inputs = _pick(batch, _REGIONS)
+        mask = inputs.get("region_mask", torch.ones(inputs["region_feats"].shape[:2], dtype=torch.long,
+                                                    device=inputs["region_feats"].device))  # (B, R)
+        return self.itc.embed_image(masked_mean(self.encoder(inputs).region_hidden, mask))
 
     # -- training -----------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Tensor], tasks: Optional[Sequence[str]] = None) -> Dict[str, Tensor]:
