@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -41,8 +42,14 @@ def main() -> None:
     parser.add_argument("--also-itc-weights", type=float, nargs="*", default=[],
                         help="also report recalls with these ITC weights (ITM scores reused)")
     parser.add_argument("--batch-size", type=int, default=256, help="pairs per forward pass")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     store = FeatureStore.open(args.store)
     kwargs = {"split": args.split} if args.split else {}
