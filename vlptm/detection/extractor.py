@@ -466,7 +466,7 @@ def _identity_hash(kind: str, config: Any, module: nn.Module) -> str:
     digest.update(json.dumps({"kind": kind, "config": config_to_dict(config)}, sort_keys=True).encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                       if tensor.numel() else b"")
     return digest.hexdigest()[:16]
 
