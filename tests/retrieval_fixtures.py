@@ -145,3 +145,17 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+
+
+_SERVER: dict = {}
+
+
+def shared_server() -> ServerProcess:
+    """One ``vlptm serve`` on the shared assets' index per test process (stopped at exit)."""
+    if not _SERVER:
+        import atexit
+
+        server = ServerProcess(built_assets()["index"]).__enter__()
+        atexit.register(server.__exit__, None, None, None)
+        _SERVER["server"] = server
+    return _SERVER["server"]

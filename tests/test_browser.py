@@ -23,12 +23,12 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None,
 
 def test_query_shows_result_images_and_attention():
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    from retrieval_fixtures import ServerProcess, built_assets
+    from retrieval_fixtures import shared_server
 
-    assets = built_assets()
+    server = shared_server()
     profile = tempfile.mkdtemp(prefix="vlptm-chromium-")
     try:
-        with ServerProcess(assets["index"]) as server, sync_api.sync_playwright() as playwright:
+        with sync_api.sync_playwright() as playwright:
             context = playwright.chromium.launch_persistent_context(
                 profile, executable_path=CHROMIUM, headless=True, args=FLAGS, viewport={"width": 1200, "height": 800})
             try:

@@ -13,15 +13,14 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from retrieval_fixtures import ServerProcess, built_assets  # noqa: E402
+from retrieval_fixtures import built_assets, shared_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server():
-    assets = built_assets()
-    with ServerProcess(assets["index"]) as running:
-        running.assets = assets
-        yield running
+    running = shared_server()
+    running.assets = built_assets()
+    return running
 
 
 def _get(server, path: str):
