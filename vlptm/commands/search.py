@@ -37,12 +37,27 @@ def _query_regions(args: argparse.Namespace, searcher):
     from vlptm.retrieval import IndexMismatchError
 
     extractor_info = searcher.store.manifest.get("extractor") or {}
-    extractor = build_extractor(extractor_info.get("name"))
+    recorded = (extractor_info.get("config") or {}).get("config") or {}
+    try:  # the variant with the settings the store recorded (e.g. --set min_size=256 at extraction)
+        extractor = build_extractor(extractor_info.get("name"), **_dotted(recorded))
+    except (KeyError, TypeError, ValueError):
+        extractor = build_extractor(extractor_info.get("name"))
     if extractor.config_hash() != extractor_info.get("config_hash"):
         raise IndexMismatchError(f"extractor {extractor_info.get('name')!r} rebuilt here has config hash "
                                  f"{extractor.config_hash()}, the store's features came from "
                                  f"{extractor_info.get('config_hash')}: the query image cannot be compared")
     return extractor.extract([load_image_tensor(args.image)])[0].to("cpu")
+
+
+def _dotted(config: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists become tuples), the form extractor overrides take."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
