@@ -48,8 +48,11 @@ def main() -> None:
         if not data.is_dir():
             raise SystemExit(f"{data} not found")
         variant = "effnet-lite0-fpn"
-        overrides = {"min_size": 384, "max_size": 640, "train_min_sizes": [320, 352, 416],
-                     "rpn.post_nms_top_n_train": 1000, "roi_heads.batch_size_per_image": 256}
+        # The default variant's parts at CPU-friendly sizes: 320-px short side, FPN on strides 8-32.
+        overrides = {"min_size": 320, "max_size": 512, "train_min_sizes": [288, 352],
+                     "backbone.out_indices": [2, 3, 4], "backbone.fpn_channels": 128,
+                     "rpn.anchor_sizes": [32, 64, 128, 256], "rpn.pre_nms_top_n_train": 1000,
+                     "rpn.post_nms_top_n_train": 500, "roi_heads.batch_size_per_image": 128}
     else:
         out = Path(args.out or "runs/detector-scenes")
         data, val_data = Path("runs/scenes-train"), Path("runs/scenes-heldout")
