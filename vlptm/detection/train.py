@@ -221,6 +221,8 @@ def _resume(out: Path, model: RegionExtractor, optimizer: torch.optim.Optimizer)
 
     last = json.loads(pointer.read_text())
     folder = out / last["dir"]
+    if not (folder / "model.safetensors").is_file() or not (folder / "trainer.pt").is_file():
+        raise FileNotFoundError(f"{pointer} points to a missing checkpoint {folder}; delete it to start over")
     model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
     state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
