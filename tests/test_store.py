@@ -289,3 +289,27 @@ def test_float32_store_keeps_features_exactly(tmp_path):
     assert torch.equal(stored.features, regions.features) and torch.equal(stored.cls_probs, regions.cls_probs)
     with pytest.raises(StoreMismatchError, match="feature_dtype"):
         _writer(tmp_path / "s")  # float16 writer on a float32 store
+
+
+def test_lock_of_a_killed_writer_is_free_while_its_forked_children_live(tmp_path):
+    """A SIGKILLed extraction can leave DataLoader workers alive for a while; they must not keep the lock."""
+    store = tmp_path / "s"
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        from vlptm.features import FeatureStoreWriter
+        writer = FeatureStoreWriter({str(store)!r}, feature_dim={D}, cls_dim={C}, attr_dim={A},
+                                    extractor_name="test", extractor_config_hash="h1", writer_name="main")
+        child = os.fork()
+        if child == 0:  # a forked worker: inherits the open lock file, outlives its parent
+            time.sleep(30)
+            os._exit(0)
+        print(child, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    child = int(proc.stdout.split()[0])
+    try:
+        os.kill(child, 0)  # the orphaned child still runs
+        _writer(store, writer_name="main").close()  # ... and the name is free again
+    finally:
+        os.kill(child, 9)

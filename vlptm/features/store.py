@@ -15,7 +15,7 @@ Layout of a store directory::
           cls_probs.npy          (R, C) float16, only when the manifest has ``cls_dim``
           attr_probs.npy         (R, A) float16, only when the manifest has ``attr_dim``
       errors/<writer>.jsonl      images a writer could not process, one JSON object per line
-      locks/<writer>.lock        held (``flock``) while a writer of that name is open
+      locks/<writer>.lock        held (``lockf``) while a writer of that name is open
 
 Boxes are stored in pixels with the image size, free of any position convention: the 4-, 5- or 7-d
 normalised positions of LXMERT, ViLBERT and UNITER are computed on read by
@@ -96,6 +96,7 @@ _PROB_DIM_KEYS = {"cls_probs": "cls_dim", "attr_probs": "attr_dim"}
 
 _WRITER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TMP_PREFIX = ".tmp-"
+_HELD_LOCKS: set = set()  # (lock file, pid) of the writers open in this process
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -615,24 +616,35 @@ class FeatureStoreWriter:
     # -- setup -------------------------------------------------------------------------------------------
 
     def _acquire_lock(self):
+        # A POSIX record lock (lockf) belongs to this process: forked DataLoader workers do not inherit it,
+        # so a SIGKILLed writer's lock dies with it even while its workers linger. Record locks do not
+        # exclude a second writer in the same process, so this process also keeps a set of held names.
         lock_path = self.path / LOCKS_DIR / f"{self.writer_name}.lock"
+        key = (str(lock_path.resolve()), os.getpid())
+        if key in _HELD_LOCKS:
+            raise StoreLockedError(f"this process is already writing to {self.path} as writer "
+                                   f"{self.writer_name!r}; close that writer or give this one its own name")
         handle = open(lock_path, "a+")
+        self._lock_key = key
         try:
             import fcntl
-        except ImportError:  # no flock on this platform: writer names alone keep writers apart
+        except ImportError:  # no record locks on this platform: writer names alone keep writers apart
+            _HELD_LOCKS.add(key)
             return handle
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             handle.close()
             raise StoreLockedError(f"another process is writing to {self.path} as writer {self.writer_name!r}; "
                                    "give each concurrent writer its own name") from err
+        _HELD_LOCKS.add(key)
         return handle
 
     def _release_lock(self) -> None:
         if self._lock_file is not None:
-            self._lock_file.close()  # closing the descriptor releases the flock
+            self._lock_file.close()  # closing the descriptor releases the record lock
             self._lock_file = None
+            _HELD_LOCKS.discard(self._lock_key)
 
     def _create_or_check_manifest(self, wanted: Dict[str, Any]) -> Dict[str, Any]:
         manifest_path = self.path / MANIFEST
