@@ -301,6 +301,7 @@ def test_lock_of_a_killed_writer_is_free_while_its_forked_children_live(tmp_path
                                     extractor_name="test", extractor_config_hash="h1", writer_name="main")
         child = os.fork()
         if child == 0:  # a forked worker: inherits the open lock file, outlives its parent
+            os.close(1), os.close(2)  # (not the test's output pipe)
             time.sleep(30)
             os._exit(0)
         print(child, flush=True)
