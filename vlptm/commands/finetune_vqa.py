@@ -10,6 +10,8 @@ import argparse
 import json
 import logging
 
+from vlptm.commands import accept_key_value_overrides
+
 NAME = "finetune-vqa"
 HELP = "fine-tune a VQA model from a pretrained checkpoint or variant (YAML recipe, --key=value overrides)"
 
@@ -18,17 +20,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML recipe (see configs/vqa/)")
-    parser.set_defaults(overrides=[])
     parser.epilog = "Any recipe key can be overridden as --section.key=value, e.g. --optim.epochs=3."
-    parse_known = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        namespace, rest = parse_known(args, namespace)
-        overrides = [a for a in rest if a.startswith("--") and "=" in a]
-        namespace.overrides = list(getattr(namespace, "overrides", [])) + overrides
-        return namespace, [a for a in rest if a not in overrides]
-
-    parser.parse_known_args = parse_known_args
+    accept_key_value_overrides(parser)
 
 
 def run(args: argparse.Namespace) -> int:

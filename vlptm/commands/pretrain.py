@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from vlptm.commands import accept_key_value_overrides
+
 NAME = "pretrain"
 HELP = "pretrain an encoder with MLM/MRM/ITM/ITC from a YAML recipe (--key=value overrides, --resume)"
 
@@ -18,22 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML recipe (see configs/pretrain/)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from RUN/checkpoint (weights, optimiser, schedule, RNG, data position)")
-    parser.set_defaults(overrides=[])
     parser.epilog = "Any recipe key can be overridden as --section.key=value, e.g. --optim.max_steps=100."
-    _accept_key_value_overrides(parser)
-
-
-def _accept_key_value_overrides(parser: argparse.ArgumentParser) -> None:
-    """Let ``--dotted.key=value`` arguments through argparse into ``args.overrides``."""
-    parse_known = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        namespace, rest = parse_known(args, namespace)
-        overrides = [a for a in rest if a.startswith("--") and "=" in a]
-        namespace.overrides = list(getattr(namespace, "overrides", [])) + overrides
-        return namespace, [a for a in rest if a not in overrides]
-
-    parser.parse_known_args = parse_known_args
+    accept_key_value_overrides(parser)
 
 
 def run(args: argparse.Namespace) -> int:
