@@ -86,6 +86,12 @@ class VisionLanguageEncoder(nn.Module):
         """The ``(vocab_size, H)`` word embedding, for tying an MLM decoder to it."""
         return self.text_embeddings.word_embeddings
 
+    def embed_regions(self, feats: Tensor, pos: Optional[Tensor], masked: Optional[Tensor] = None) -> Tensor:
+        """``(B, R, D)`` features and ``(B, R, P)`` positions -> ``(B, R, H)`` region embeddings."""
+        type_table = self.text_embeddings.token_type_embeddings.weight
+        return self.region_embeddings(feats, pos, masked, type_embedding=type_table[self.config.region_token_type],
+                                      shared_norm=self.text_embeddings.norm)
+
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each layer's activations in backward (training only) to save memory."""
         self.gradient_checkpointing = enabled

@@ -64,12 +64,6 @@ class SingleStreamEncoder(VisionLanguageEncoder):
         self.pooler = Pooler(c.hidden_size)
         self._init_weights()
 
-    def embed_regions(self, feats: Tensor, pos: Optional[Tensor], masked: Optional[Tensor] = None) -> Tensor:
-        """``(B, R, D)`` features and ``(B, R, P)`` positions -> ``(B, R, H)`` region embeddings."""
-        type_table = self.text_embeddings.token_type_embeddings.weight
-        return self.region_embeddings(feats, pos, masked, type_embedding=type_table[self.config.region_token_type],
-                                      shared_norm=self.text_embeddings.norm)
-
     def forward(self, batch: Optional[Mapping[str, Tensor]] = None, *, input_ids: Optional[Tensor] = None,
                 attention_mask: Optional[Tensor] = None, token_type_ids: Optional[Tensor] = None,
                 region_feats: Optional[Tensor] = None, region_pos: Optional[Tensor] = None,
