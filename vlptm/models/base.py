@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vlptm.models import hub
 from vlptm.models.config import EncoderConfig
+from vlptm.models.layers import RegionEmbeddings, TextEmbeddings
 
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 REGION_KEYS = ("region_feats", "region_pos", "region_mask", "region_masked")
@@ -76,6 +77,17 @@ class VisionLanguageEncoder(nn.Module):
         config.validate()
         self.config = config
         self.gradient_checkpointing = config.gradient_checkpointing
+        c = config
+        self.text_embeddings = TextEmbeddings(c.vocab_size, c.hidden_size, c.max_position_embeddings,
+                                              c.type_vocab_size, c.layer_norm_eps, c.hidden_dropout_prob)
+        self.region_embeddings = RegionEmbeddings(c.region_feat_dim, c.region_pos_dim, c.hidden_size,
+                                                  c.region_embedding, c.layer_norm_eps, c.hidden_dropout_prob)
+
+    def _layer_args(self) -> tuple:
+        """Positional arguments of every Transformer block (self- or cross-attention) of this config."""
+        c = self.config
+        return (c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_act,
+                c.attention_probs_dropout_prob, c.hidden_dropout_prob, c.layer_norm_eps, c.attention_backend)
 
     # -- properties heads rely on ----------------------------------------------------------------------
     @property

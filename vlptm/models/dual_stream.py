@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from vlptm.models.base import EncoderOutput, VisionLanguageEncoder
 from vlptm.models.config import DualStreamConfig
-from vlptm.models.layers import (CrossModalLayer, Pooler, RegionEmbeddings, TextEmbeddings, TransformerLayer,
+from vlptm.models.layers import (CrossModalLayer, Pooler, TransformerLayer,
                                  Packing, autocast_dtype, masked_mean)
 
 
@@ -46,12 +46,7 @@ class DualStreamEncoder(VisionLanguageEncoder):
     def __init__(self, config: DualStreamConfig) -> None:
         super().__init__(config)
         c = config
-        self.text_embeddings = TextEmbeddings(c.vocab_size, c.hidden_size, c.max_position_embeddings,
-                                              c.type_vocab_size, c.layer_norm_eps, c.hidden_dropout_prob)
-        self.region_embeddings = RegionEmbeddings(c.region_feat_dim, c.region_pos_dim, c.hidden_size,
-                                                  c.region_embedding, c.layer_norm_eps, c.hidden_dropout_prob)
-        block = (c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_act,
-                 c.attention_probs_dropout_prob, c.hidden_dropout_prob, c.layer_norm_eps, c.attention_backend)
+        block = self._layer_args()
         self.text_layers = nn.ModuleList(TransformerLayer(*block) for _ in range(c.num_text_layers))
         self.region_layers = nn.ModuleList(TransformerLayer(*block) for _ in range(c.num_region_layers))
         self.cross_layers = nn.ModuleList(CrossModalLayer(*block) for _ in range(c.num_cross_layers))

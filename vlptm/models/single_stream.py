@@ -12,7 +12,7 @@ from torch import Tensor
 
 from vlptm.models.base import EncoderOutput, VisionLanguageEncoder
 from vlptm.models.config import SingleStreamConfig
-from vlptm.models.layers import (Packing, Pooler, RegionEmbeddings, TextEmbeddings, TransformerLayer, autocast_dtype,
+from vlptm.models.layers import (Packing, Pooler, TransformerLayer, autocast_dtype,
                                  masked_mean)
 
 
@@ -51,15 +51,8 @@ class SingleStreamEncoder(VisionLanguageEncoder):
     def __init__(self, config: SingleStreamConfig) -> None:
         super().__init__(config)
         c = config
-        self.text_embeddings = TextEmbeddings(c.vocab_size, c.hidden_size, c.max_position_embeddings,
-                                              c.type_vocab_size, c.layer_norm_eps, c.hidden_dropout_prob)
-        self.region_embeddings = RegionEmbeddings(c.region_feat_dim, c.region_pos_dim, c.hidden_size,
-                                                  c.region_embedding, c.layer_norm_eps, c.hidden_dropout_prob)
         self.layers = torch.nn.ModuleList(
-            TransformerLayer(c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_act,
-                             c.attention_probs_dropout_prob, c.hidden_dropout_prob, c.layer_norm_eps,
-                             c.attention_backend)
-            for _ in range(c.num_layers)
+            TransformerLayer(*self._layer_args()) for _ in range(c.num_layers)
         )
         self.pooler = Pooler(c.hidden_size)
         self._init_weights()
