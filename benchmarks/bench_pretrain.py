@@ -1,19 +1,28 @@
 """Evidence that pretraining learns: a time-boxed CPU pretraining run, then held-out figures.
 
-1. Generated scene world: pretrain ``configs/pretrain/scenes-cpu.yaml`` on the world's train split for at
-   most ``--minutes`` minutes, then on 1,000 held-out (val) images report MLM accuracy (15% token masking),
-   MRC accuracy (only when the features carry detector classes), ITM accuracy (random negatives) and
-   zero-shot text-to-image R@1/R@5/R@10 by ITC embeddings, every caption of those images as a query
-   (chance: 0.1% / 0.5% / 1%).
+1. Generated scene world: pretrain ``configs/pretrain/scenes-cpu.yaml`` on the training worlds for at most
+   ``--minutes`` minutes, then on 1,000 held-out images of another world (its own seed) report MLM accuracy
+   (15% token masking), MRC accuracy (masked regions' detector class), ITM accuracy (random negatives) and
+   zero-shot text-to-image R@1/R@5/R@10 by ITC embeddings, every caption of those images as a query (chance:
+   0.1% / 0.5% / 1%), and the loss curves as a PNG.
 2. Real photos and captions (``../shared/data``: flickr8k_train + coco_mini_train): the same recipe and
    model, time-boxed by ``--real-minutes``, evaluated on every 8th Flickr8k image (100 images, held out).
 
-Features come from feature stores made by ``vlptm extract`` (grid mode: ``--extractor grid-effnet-lite0
---set min_size=256 --set max_size=256``; see the recipe's header). A store may hold only part of the
-images (the run trains on those present, and says so).
+Scene features come from the scene world's own detector (``vlptm train-detector``, as ``vlptm demo`` does);
+``--train`` and ``--heldout`` take ``CAPTIONS=STORE`` or ``CAPTIONS=STORE=SPLIT`` (a split of the captions
+file; by default every image in it). Real-photo features come from any extractor (grid features of the
+ImageNet EfficientNet-Lite0: ``vlptm extract ... --extractor grid-effnet-lite0 --set min_size=256
+--set max_size=256``).
 
-Example:
-    python benchmarks/bench_pretrain.py --world runs/world --world-features runs/world-grid \\
+Prepare the scene data (the detector from ``vlptm demo --workdir runs/demo``):
+    vlptm generate-scenes --out runs/world-s7 --num-images 5000 --seed 7 --val-fraction 0
+    vlptm generate-scenes --out runs/heldout-1k --num-images 1000 --seed 1 --val-fraction 1
+    vlptm extract --images runs/world-s7/captions.json --out runs/world-s7/store --checkpoint runs/demo/detector/model
+    (and the same for runs/heldout-1k)
+Run:
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_pretrain.py --minutes 20 --max-steps 6000 \\
+        --train runs/world-s7/captions.json=runs/world-s7/store \\
+        --heldout runs/heldout-1k/captions.json=runs/heldout-1k/store \\
         --flickr-features runs/flickr8k-grid --coco-features runs/coco-mini-grid --out runs/pretrain-bench
 """
 from __future__ import annotations
@@ -33,6 +42,7 @@ from vlptm.data.readers import read_records
 from vlptm.features.store import FeatureStore
 from vlptm.text import load_tokenizer
 from vlptm.train import load_pretraining_model, pretrain
+from vlptm.train.checkpoint import latest_step
 from vlptm.train.config import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,20 +116,39 @@ def _heldout(records, store, limit: int, seed: int = 123) -> PretrainDataset:
                            pos_dim=7, masking=MaskingOptions(text_scheme="token"), seed=seed)
 
 
+def _source(spec: str) -> Dict[str, str]:
+    """``CAPTIONS=STORE[=SPLIT]`` -> a pretraining data source entry."""
+    parts = spec.split("=")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise SystemExit(f"expected CAPTIONS=STORE or CAPTIONS=STORE=SPLIT, got {spec!r}")
+    return {"captions": parts[0], "features": parts[1], "split": parts[2] if len(parts) == 3 else None}
+
+
+def _plot(run: Path, png: Path) -> None:
+    from vlptm.commands.plot_log import plot_log
+
+    plot_log(str(run), str(png))
+    print(f"loss curves: {png}", flush=True)
+
+
 def run_scenes(args, out: Path) -> Dict[str, float]:
+    sources = ", ".join("{" + ", ".join(f"{k}: {v if v is not None else 'null'}" for k, v in _source(spec).items())
+                        + "}" for spec in args.train)
     cfg = load_config(PretrainConfig, args.config, [
-        f"--data.sources=[{{captions: {args.world}/captions.json, features: {args.world_features}, split: train}}]",
-        f"--run_dir={out}/scenes", f"--time_limit_minutes={args.minutes}", f"--optim.max_steps={args.max_steps}",
-        "--progress=false",
+        f"--data.sources=[{sources}]", f"--run_dir={out}/scenes", f"--time_limit_minutes={args.minutes}",
+        f"--optim.max_steps={args.max_steps}", "--progress=false", *args.set,
     ])
     start = time.perf_counter()
     pretrain(cfg)
     train_s = time.perf_counter() - start
+    _plot(out / "scenes", out / "scenes-curves.png")
     model = load_pretraining_model(str(out / "scenes"))
-    store = FeatureStore.open(args.world_features)
-    val = read_records(f"{args.world}/captions.json", split="val")
-    results = evaluate(model, _heldout(list(val), store, 1000))
+    held = _source(args.heldout)
+    kwargs = {"split": held["split"]} if held["split"] else {}
+    records = list(read_records(held["captions"], **kwargs))
+    results = evaluate(model, _heldout(records, FeatureStore.open(held["features"]), 1000))
     results["train_minutes"] = train_s / 60
+    results["steps"] = latest_step(out / "scenes")
     return results
 
 
@@ -138,40 +167,51 @@ def run_real(args, out: Path) -> Dict[str, float]:
     flickr = _split_flickr(out)
     root = SHARED_DATA / "flickr8k_train" / "images"
     coco = SHARED_DATA / "coco_mini_train" / "captions.json"
+    weights = load_config(PretrainConfig, args.config, list(args.set)).tasks.weights
+    if FeatureStore.open(args.flickr_features).cls_dim is None:  # e.g. grid features: no classes to predict
+        weights = {task: w for task, w in weights.items() if task not in ("mrc", "mrc_kl")}
     cfg = load_config(PretrainConfig, args.config, [
+        "--tasks.weights={" + ", ".join(f"{task}: {w}" for task, w in weights.items()) + "}",
         f"--data.sources=[{{captions: {flickr}, features: {args.flickr_features}, split: train, image_root: {root}}},"
         f" {{captions: {coco}, features: {args.coco_features}, repeat: 1}}]",
         f"--run_dir={out}/real", f"--time_limit_minutes={args.real_minutes}",
-        f"--optim.max_steps={args.real_max_steps}", "--progress=false",
+        f"--optim.max_steps={args.real_max_steps}", "--progress=false", *args.set,
     ])
     start = time.perf_counter()
     pretrain(cfg)
     train_s = time.perf_counter() - start
+    _plot(out / "real", out / "real-curves.png")
     model = load_pretraining_model(str(out / "real"))
     held = read_records(flickr, image_root=root, split="val")
     results = evaluate(model, _heldout(list(held), FeatureStore.open(args.flickr_features), 100))
     results["train_minutes"] = train_s / 60
+    results["steps"] = latest_step(out / "real")
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "configs" / "pretrain" / "scenes-cpu.yaml"))
-    parser.add_argument("--world", required=True, help="generated world folder (captions.json)")
-    parser.add_argument("--world-features", required=True, help="feature store of the world's images")
+    parser.add_argument("--train", action="append", default=[], metavar="CAPTIONS=STORE[=SPLIT]",
+                        help="a training world (repeatable)")
+    parser.add_argument("--heldout", metavar="CAPTIONS=STORE[=SPLIT]", help="the held-out world (1,000 images used)")
     parser.add_argument("--flickr-features", help="feature store of ../shared/data/flickr8k_train")
     parser.add_argument("--coco-features", help="feature store of ../shared/data/coco_mini_train")
     parser.add_argument("--out", default="runs/pretrain-bench")
     parser.add_argument("--minutes", type=float, default=20.0, help="time limit of the scene pretraining")
-    parser.add_argument("--max-steps", type=int, default=1200, help="schedule length of the scene run")
+    parser.add_argument("--max-steps", type=int, default=6000, help="schedule length of the scene run")
     parser.add_argument("--real-minutes", type=float, default=10.0)
     parser.add_argument("--real-max-steps", type=int, default=500)
     parser.add_argument("--skip-scenes", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="--KEY=VALUE",
+                        help="recipe override for both runs, e.g. --set=--precision=fp32 (repeatable)")
     args = parser.parse_args()
     out = Path(args.out)
     torch.manual_seed(0)
     report = {}
     if not args.skip_scenes:
+        if not args.train or not args.heldout:
+            parser.error("the scene run needs --train and --heldout (or pass --skip-scenes)")
         report["scenes"] = run_scenes(args, out)
         print("scenes:", json.dumps(report["scenes"], indent=1), flush=True)
     if args.flickr_features and args.coco_features and SHARED_DATA.is_dir():
@@ -179,10 +219,10 @@ def main() -> None:
         print("real:", json.dumps(report["real"], indent=1), flush=True)
     (out / "results.json").write_text(json.dumps(report, indent=1))
     print(f"{'set':8s} {'MLM acc':>8s} {'MRC acc':>8s} {'ITM acc':>8s} {'R@1':>7s} {'R@5':>7s} {'R@10':>7s} "
-          f"{'images':>7s} {'train min':>9s}")
+          f"{'images':>7s} {'steps':>6s} {'train min':>9s}")
     for name, r in report.items():
         print(f"{name:8s} {r['mlm_acc']:8.3f} {r['mrc_acc']:8.3f} {r['itm_acc']:8.3f} {r['R@1']:7.3f} "
-              f"{r['R@5']:7.3f} {r['R@10']:7.3f} {r['images']:7d} {r['train_minutes']:9.1f}")
+              f"{r['R@5']:7.3f} {r['R@10']:7.3f} {r['images']:7d} {r['steps']:6d} {r['train_minutes']:9.1f}")
 
 
 if __name__ == "__main__":

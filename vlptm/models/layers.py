@@ -119,10 +119,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float, retu
     if not return_probs and not _explicit_path(q, backend):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p), None
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1])).add_(bias)  # (B, N, Lq, Lk)
-    if return_probs:
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, N, Lq, Lk)
-    else:
-        probs = torch.softmax(scores, dim=-1)  # (B, N, Lq, Lk)
+    # Softmax in fp32 even under bf16 autocast: more exact, and on CPU the fp32 kernels (forward and backward)
+    # on these short rows are faster than the bf16 ones, cast included.
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # (B, N, Lq, Lk)
     if dropout_p > 0.0:
         context = torch.matmul(probs * keep_mask(tuple(probs.shape), dropout_p, probs), v)  # (B, N, Lq, d)
         context = context.mul_(1.0 / (1.0 - dropout_p))
@@ -326,14 +325,15 @@ class Attention(nn.Module):
         """
         count_a = a.shape[0]
         both = torch.cat([a, b], dim=0)  # (n_a+n_b, H)
-        qkv = self.qkv(both)  # (n_a+n_b, 3H)
-        q_a, k_a, v_a = self._heads(qkv[:count_a], a_packing)  # each (B, N, La, d)
-        q_b, k_b, v_b = self._heads(qkv[count_a:], b_packing)  # each (B, N, Lb, d)
+        # split (not slicing): its backward is one cat instead of a zero-filled buffer per slice
+        qkv_a, qkv_b = self.qkv(both).split([count_a, b.shape[0]])  # (n_a, 3H), (n_b, 3H)
+        q_a, k_a, v_a = self._heads(qkv_a, a_packing)  # each (B, N, La, d)
+        q_b, k_b, v_b = self._heads(qkv_b, b_packing)  # each (B, N, Lb, d)
         ctx_a, probs = attend(q_a, k_b, v_b, b_packing.bias, self._p(), return_probs, self.backend)  # (B, N, La, d)
         ctx_b, _ = attend(q_b, k_a, v_a, a_packing.bias, self._p(), backend=self.backend)  # (B, N, Lb, d)
         context = torch.cat([self._merge(ctx_a, a_packing), self._merge(ctx_b, b_packing)], dim=0)  # (n_a+n_b, H)
-        out = self._output(context, both)  # (n_a+n_b, H)
-        return out[:count_a], out[count_a:], probs
+        out_a, out_b = self._output(context, both).split([count_a, b.shape[0]])  # (n_a, H), (n_b, H)
+        return out_a, out_b, probs
 
 
 class FeedForward(nn.Module):
