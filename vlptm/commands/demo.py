@@ -24,13 +24,15 @@ import time
 from pathlib import Path
 from typing import List
 
+from vlptm.resources import resource_dir
+
 NAME = "demo"
 HELP = "run the main job end to end on the generated scene world (cached between runs)"
 
 log = logging.getLogger(__name__)
 
-# The pretraining recipe the demo starts from (a source checkout's configs/; values below override it).
-_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "scenes-cpu.yaml"
+# The pretraining recipe the demo starts from (configs/, or its bundled copy; values below override it).
+_RECIPE = resource_dir("configs") / "pretrain" / "scenes-cpu.yaml"
 _QUERIES = ("a large red circle", "a small blue star left of a yellow square", "two green triangles")
 
 

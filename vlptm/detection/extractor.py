@@ -44,12 +44,13 @@ from vlptm.detection.config import (
 )
 from vlptm.detection.heads import AttributeHead, attribute_loss
 from vlptm.detection.selection import grid_boxes, select_regions
+from vlptm.resources import resource_dir
 from vlptm.structures import RegionFeatures
 
 __all__ = ["RegionExtractor", "GridExtractor", "build_extractor", "load_extractor", "variant_config", "VARIANTS_DIR"]
 
 # Named variants: detectors/<name>.yaml next to the package (source checkouts and editable installs).
-VARIANTS_DIR = Path(__file__).resolve().parents[2] / "detectors"
+VARIANTS_DIR = resource_dir("detectors")
 _CONFIG_FILE = "config.json"
 _WEIGHTS_FILE = "model.safetensors"
 
