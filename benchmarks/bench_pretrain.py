@@ -78,8 +78,10 @@ def evaluate(model, dataset: PretrainDataset, batch_size: int = 128) -> Dict[str
             n = int(batch["region_masked"].sum())
             totals["mrc"][0] += float(out["mrc_acc"]) * n
             totals["mrc"][1] += n
-        if model.itm is not None and model.itm_negatives == "random":
+        if model.itm is not None:  # scored on the data's random negatives, however ITM was trained
+            trained_with, model.itm_negatives = model.itm_negatives, "random"
             out = model(batch, ["itm"])
+            model.itm_negatives = trained_with
             n = batch["input_ids"].shape[0]
             totals["itm"][0] += float(out["itm_acc"]) * n
             totals["itm"][1] += n
@@ -139,8 +141,9 @@ def run_scenes(args, out: Path) -> Dict[str, float]:
         f"--optim.max_steps={args.max_steps}", "--progress=false", *args.set,
     ])
     start = time.perf_counter()
-    pretrain(cfg)
-    train_s = time.perf_counter() - start
+    if not args.eval_only:
+        pretrain(cfg)
+    train_s = time.perf_counter() - start if not args.eval_only else float("nan")
     _plot(out / "scenes", out / "scenes-curves.png")
     model = load_pretraining_model(str(out / "scenes"))
     held = _source(args.heldout)
@@ -178,8 +181,9 @@ def run_real(args, out: Path) -> Dict[str, float]:
         f"--optim.max_steps={args.real_max_steps}", "--progress=false", *args.set,
     ])
     start = time.perf_counter()
-    pretrain(cfg)
-    train_s = time.perf_counter() - start
+    if not args.eval_only:
+        pretrain(cfg)
+    train_s = time.perf_counter() - start if not args.eval_only else float("nan")
     _plot(out / "real", out / "real-curves.png")
     model = load_pretraining_model(str(out / "real"))
     held = read_records(flickr, image_root=root, split="val")
@@ -203,6 +207,7 @@ def main() -> None:
     parser.add_argument("--real-minutes", type=float, default=10.0)
     parser.add_argument("--real-max-steps", type=int, default=500)
     parser.add_argument("--skip-scenes", action="store_true")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate the runs already in --out, no training")
     parser.add_argument("--set", action="append", default=[], metavar="--KEY=VALUE",
                         help="recipe override for both runs, e.g. --set=--precision=fp32 (repeatable)")
     args = parser.parse_args()
