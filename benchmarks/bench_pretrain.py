@@ -14,14 +14,18 @@ file; by default every image in it). Real-photo features come from any extractor
 ImageNet EfficientNet-Lite0: ``vlptm extract ... --extractor grid-effnet-lite0 --set min_size=256
 --set max_size=256``).
 
-Prepare the scene data (the detector from ``vlptm demo --workdir runs/demo``):
+Prepare the scene data (the detector, and a 2,000-image world with its store, from ``vlptm demo --workdir
+runs/demo``; three worlds of different seeds, 9,775 training images in all, and a held-out world):
     vlptm generate-scenes --out runs/world-s7 --num-images 5000 --seed 7 --val-fraction 0
+    vlptm generate-scenes --out runs/world-s2 --num-images 3000 --seed 2
     vlptm generate-scenes --out runs/heldout-1k --num-images 1000 --seed 1 --val-fraction 1
     vlptm extract --images runs/world-s7/captions.json --out runs/world-s7/store --checkpoint runs/demo/detector/model
-    (and the same for runs/heldout-1k)
-Run:
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_pretrain.py --minutes 20 --max-steps 6000 \\
+    (and the same for runs/world-s2 and runs/heldout-1k)
+Run (``--max-steps`` sets the schedule: about what fits in ``--minutes`` on the machine):
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_pretrain.py --minutes 20 --max-steps 4500 \\
         --train runs/world-s7/captions.json=runs/world-s7/store \\
+        --train runs/world-s2/captions.json=runs/world-s2/store \\
+        --train runs/demo/scenes/captions.json=runs/demo/store=train \\
         --heldout runs/heldout-1k/captions.json=runs/heldout-1k/store \\
         --flickr-features runs/flickr8k-grid --coco-features runs/coco-mini-grid --out runs/pretrain-bench
 """

@@ -222,6 +222,20 @@ def test_hard_negative_itm_pass_pairs_each_text_and_image_with_another():
             assert i == k - 2 * B
 
 
+def test_hard_negative_itm_falls_back_to_random_negatives_on_a_one_image_batch():
+    torch.manual_seed(0)
+    model = PretrainingModel(create_model("single-tiny", region_feat_dim=D, vocab_size=1200), ["itm", "itc"],
+                             itm_negatives="hard")
+    batch = dict(_fixed_batch(7))
+    batch["image_index"] = torch.zeros(B, dtype=torch.long)  # every caption of one image
+    seen = _spy_encoder_inputs(model)
+    out = model(batch, ["itm"])
+    joint = [s for s in seen if "input_ids" in s and "region_feats" in s]
+    assert len(joint) == 1 and joint[0]["input_ids"].shape[0] == B  # the data's (random) ITM pairs, not 3B
+    assert torch.equal(joint[0]["input_ids"], batch["itm_input_ids"])
+    assert torch.isfinite(out["itm"])
+
+
 def test_itc_ignores_other_captions_of_the_same_image():
     torch.manual_seed(0)
     model = PretrainingModel(create_model("single-tiny", region_feat_dim=D, vocab_size=1200), ["itc"])

@@ -174,10 +174,13 @@ class PretrainingModel(nn.Module):
         return out
 
     def _matching(self, batch: Mapping[str, Tensor], similarity: Optional[Tensor]) -> Dict[str, Tensor]:
-        if self.itm_negatives == "random":
+        size = batch["input_ids"].shape[0]
+        images = batch.get("image_index")
+        single_image = size < 2 or (images is not None and bool((images == images[0]).all()))
+        if self.itm_negatives == "random" or single_image:
+            # (a batch of one image's captions has no in-batch negative: it takes the data's random ones)
             inputs = {key: batch["itm_" + key] for key in _TEXT + _REGIONS}
             return self.itm(self.encoder(inputs).pooled, batch["itm_labels"])
-        size = batch["input_ids"].shape[0]
         image_for_text, text_for_image = sample_hard_negatives(similarity, batch.get("image_index"))  # (B,), (B,)
         own = torch.arange(size, device=similarity.device)  # (B,)
         text_rows = torch.cat([own, own, text_for_image])  # (3B,) positives, hard images, hard texts
