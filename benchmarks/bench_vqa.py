@@ -36,6 +36,12 @@ Run (one CPU thread; the world rows on the tiny encoder, the DAQUAR rows on the 
         --world-pretrained runs/vqa-bench/pretrain2 --world-train-images 600 --world-max-steps 200 --world-lr 3e-4 \
         --daquar-features runs/vqa-bench/daquar-grid3 --daquar-pretrained runs/vqa-bench/pretrain-daquar \
         --daquar-epochs 6 --daquar-lr 1e-4
+
+Measured (2026-11-29, one CPU thread of a shared 2-core machine, 40.3 min wall; test accuracy, exact-set / any-gold):
+    world:  majority 0.156, question lookup 0.387, question-only 0.312, (b) 0.364, (a) 0.400
+    DAQUAR: majority 0.035 / 0.035, question lookup 0.189 / 0.208, question-only 0.215 / 0.253,
+            (b) 0.235 / 0.266, (a) 0.223 / 0.257; published DAQUAR-all: 0.194 (Neural-Image-QA), 0.290 (DPPnet)
+    (1,390 DAQUAR test questions: one standard error is about 0.011.)
 """
 from __future__ import annotations
 
