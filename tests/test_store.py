@@ -291,6 +291,19 @@ def test_float32_store_keeps_features_exactly(tmp_path):
         _writer(tmp_path / "s")  # float16 writer on a float32 store
 
 
+def test_fortran_order_arrays_are_stored_readably(tmp_path):
+    rng = np.random.default_rng(5)
+    regions = _regions(rng, 6)
+    with _writer(tmp_path / "s", feature_dtype="float32") as writer:
+        writer.add_arrays("f", boxes=np.asfortranarray(regions.boxes.numpy()),
+                          features=np.asfortranarray(regions.features.numpy()), scores=regions.scores.numpy(),
+                          image_size=regions.image_size, cls_probs=np.asfortranarray(regions.cls_probs.numpy()),
+                          attr_probs=np.asfortranarray(regions.attr_probs.numpy()))
+    stored = FeatureStore.open(tmp_path / "s", as_float32=False)["f"]
+    assert torch.equal(stored.features, regions.features) and torch.equal(stored.boxes, regions.boxes)
+    assert torch.equal(stored.cls_probs, regions.cls_probs) and torch.equal(stored.attr_probs, regions.attr_probs)
+
+
 def test_lock_of_a_killed_writer_is_free_while_its_forked_children_live(tmp_path):
     """A SIGKILLed extraction can leave DataLoader workers alive for a while; they must not keep the lock."""
     store = tmp_path / "s"

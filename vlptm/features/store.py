@@ -758,7 +758,9 @@ class FeatureStoreWriter:
         size = tuple(int(v) for v in np.asarray(image_size).reshape(-1).tolist())
         if len(size) != 2 or size[0] <= 0 or size[1] <= 0:
             raise InvalidRegionsError(f"{key}: image_size must be (h, w) > 0, got {image_size!r}")
-        entry = {"boxes": boxes, "scores": scores, "features": features.astype(self.feature_dtype, copy=False),
+        # C order throughout: shards are memory-mapped row-major (a Fortran-order input would be saved as one)
+        entry = {"boxes": np.ascontiguousarray(boxes), "scores": scores,
+                 "features": np.ascontiguousarray(features, dtype=self.feature_dtype),
                  "image_size": np.asarray(size, dtype=np.int32)}
         for name, value in (("cls_probs", cls_probs), ("attr_probs", attr_probs)):
             width = self.manifest[_PROB_DIM_KEYS[name]]
@@ -770,7 +772,7 @@ class FeatureStoreWriter:
                 value = np.asarray(value)
                 if value.shape != (n, width):
                     raise InvalidRegionsError(f"{key}: {name} must be (N={n}, {width}), got {value.shape}")
-                entry[name] = value.astype(self.feature_dtype, copy=False)
+                entry[name] = np.ascontiguousarray(value, dtype=self.feature_dtype)
         for name in ("boxes", "scores", "features", "cls_probs", "attr_probs"):
             if name in entry and not np.isfinite(entry[name]).all():
                 raise InvalidRegionsError(f"{key}: {name} has NaN or infinite values (after casting to "
