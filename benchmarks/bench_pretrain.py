@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -64,8 +65,22 @@ def _pad_regions(items: Sequence[Dict[str, np.ndarray]]) -> Dict[str, torch.Tens
     return {"region_feats": feats, "region_pos": pos, "region_mask": mask}
 
 
+# What a scene-world caption names (vlptm/data/scenes.py writes one of each per image), to break recall down
+_SCENE_KINDS = (("location (one object)", re.compile(r"(in the center|corner|on the (left|right|top|bottom))\.$")),
+                ("relation (two objects)", re.compile(r" (left of|right of|above|below) ")),
+                ("colour counts", re.compile(r"^(one|two|three|four|five|six) \w+ shapes?( and|,|\.)")),
+                ("shape counts", re.compile(r"^(there (is|are)|a picture with|(one|two|three|four|five|six) shapes?:)")),
+                ("listing (all objects)", re.compile(r".")))
+
+
+def caption_kind(caption: str) -> str:
+    """The kind of a generated scene caption (see ``_SCENE_KINDS``)."""
+    return next(kind for kind, pattern in _SCENE_KINDS if pattern.search(caption))
+
+
 @torch.no_grad()
-def evaluate(model, dataset: PretrainDataset, batch_size: int = 128) -> Dict[str, float]:
+def evaluate(model, dataset: PretrainDataset, batch_size: int = 128,
+             captions: Sequence[str] = ()) -> Dict[str, float]:
     """Held-out MLM/MRC/ITM accuracy and text-to-image recall over ``dataset``'s images."""
     model.eval()
     totals: Dict[str, List[float]] = {"mlm": [0, 0], "mrc": [0, 0], "itm": [0, 0]}
@@ -113,6 +128,10 @@ def evaluate(model, dataset: PretrainDataset, batch_size: int = 128) -> Dict[str
     for k in (1, 5, 10):
         results[f"R@{k}"] = float((rank < k).float().mean())
     results["images"], results["queries"] = len(dataset.images), len(dataset)
+    if captions:  # the dataset's queries in order: text-to-image R@10 by caption kind
+        kinds = np.array([caption_kind(c) for c in captions])
+        for kind, _ in _SCENE_KINDS:
+            results[f"R@10 {kind}"] = float((rank[torch.from_numpy(kinds == kind)] < 10).float().mean())
     return results
 
 
@@ -153,7 +172,9 @@ def run_scenes(args, out: Path) -> Dict[str, float]:
     held = _source(args.heldout)
     kwargs = {"split": held["split"]} if held["split"] else {}
     records = list(read_records(held["captions"], **kwargs))
-    results = evaluate(model, _heldout(records, FeatureStore.open(held["features"]), 1000))
+    store = FeatureStore.open(held["features"])
+    present = [r for r in records if r.image_id in store][:1000]
+    results = evaluate(model, _heldout(present, store, 1000), captions=[c for r in present for c in r.captions])
     results["train_minutes"] = train_s / 60
     results["steps"] = latest_step(out / "scenes")
     return results
@@ -174,16 +195,14 @@ def run_real(args, out: Path) -> Dict[str, float]:
     flickr = _split_flickr(out)
     root = SHARED_DATA / "flickr8k_train" / "images"
     coco = SHARED_DATA / "coco_mini_train" / "captions.json"
-    weights = load_config(PretrainConfig, args.config, list(args.set)).tasks.weights
-    if FeatureStore.open(args.flickr_features).cls_dim is None:  # e.g. grid features: no classes to predict
-        weights = {task: w for task, w in weights.items() if task not in ("mrc", "mrc_kl")}
     cfg = load_config(PretrainConfig, args.config, [
-        "--tasks.weights={" + ", ".join(f"{task}: {w}" for task, w in weights.items()) + "}",
         f"--data.sources=[{{captions: {flickr}, features: {args.flickr_features}, split: train, image_root: {root}}},"
         f" {{captions: {coco}, features: {args.coco_features}, repeat: 1}}]",
         f"--run_dir={out}/real", f"--time_limit_minutes={args.real_minutes}",
         f"--optim.max_steps={args.real_max_steps}", "--progress=false", *args.set,
     ])
+    if FeatureStore.open(args.flickr_features).cls_dim is None:  # e.g. grid features: no classes to predict
+        cfg.tasks.weights = {task: w for task, w in cfg.tasks.weights.items() if task not in ("mrc", "mrc_kl")}
     start = time.perf_counter()
     if not args.eval_only:
         pretrain(cfg)

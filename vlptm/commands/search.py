@@ -34,12 +34,13 @@ def _query_regions(args: argparse.Namespace, searcher):
         return searcher.store[args.image_id]
     from vlptm.data.images import load_image_tensor
     from vlptm.detection import build_extractor
+    from vlptm.detection.config import dotted_overrides
     from vlptm.retrieval import IndexMismatchError
 
     extractor_info = searcher.store.manifest.get("extractor") or {}
     recorded = (extractor_info.get("config") or {}).get("config") or {}
     try:  # the variant with the settings the store recorded (e.g. --set min_size=256 at extraction)
-        extractor = build_extractor(extractor_info.get("name"), **_dotted(recorded))
+        extractor = build_extractor(extractor_info.get("name"), **dotted_overrides(recorded))
     except (KeyError, TypeError, ValueError):
         extractor = build_extractor(extractor_info.get("name"))
     if extractor.config_hash() != extractor_info.get("config_hash"):
@@ -47,17 +48,6 @@ def _query_regions(args: argparse.Namespace, searcher):
                                  f"{extractor.config_hash()}, the store's features came from "
                                  f"{extractor_info.get('config_hash')}: the query image cannot be compared")
     return extractor.extract([load_image_tensor(args.image)])[0].to("cpu")
-
-
-def _dotted(config: dict, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists become tuples), the form extractor overrides take."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -206,6 +206,22 @@ def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def dotted_overrides(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """A nested config dict as the dotted-key overrides :func:`apply_overrides` takes.
+
+    Example:
+        >>> dotted_overrides({"selection": {"fixed_boxes": 36}, "min_size": 256})
+        {'selection.fixed_boxes': 36, 'min_size': 256}
+    """
+    out: Dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(dotted_overrides(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
     """Returns a copy of ``config`` with dotted-key overrides applied (``{"selection.fixed_boxes": 36}``).
 

@@ -168,9 +168,8 @@ def evaluate_retrieval(model: RetrievalModel, store: Any, data: EvalSet, *, mode
     if "two-stage" in modes:
         start = time.perf_counter()
         k = int(rerank)
-        pair_set = {(t, i) for t, row in enumerate(t2i_cand) for i in row[:k]}
-        pair_set |= {(t, i) for i, row in enumerate(i2t_cand) for t in row[:k]}
         t2i_pairs = {(t, i) for t, row in enumerate(t2i_cand) for i in row[:k]}
+        pair_set = t2i_pairs | {(t, i) for i, row in enumerate(i2t_cand) for t in row[:k]}
         cache = itm_cache if itm_cache is not None else {}
         score = cache.setdefault("pairs", {})
         direction_seconds = {}

@@ -635,7 +635,9 @@ class VQAFineTuner:
             self.options.extractor = str(extractor["name"])
             config = (extractor.get("config") or {}).get("config")
             if isinstance(config, dict) and not Path(self.options.extractor).is_dir():
-                self.options.extractor_config = _flatten(config)  # e.g. the --set min_size=256 of extraction
+                from vlptm.detection.config import dotted_overrides
+
+                self.options.extractor_config = dotted_overrides(config)  # e.g. the --set min_size=256 of extraction
         if extractor.get("config_hash"):
             self.options.extractor_hash = str(extractor["config_hash"])
 
@@ -871,17 +873,6 @@ def _gold_set(record: QuestionRecord, vocab: AnswerVocab) -> set:
 
     norm = NORMALIZERS[vocab.normalize]
     return {norm(a) for a in record.answers}
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (extractor config overrides)."""
-    out: Dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _cpu_state(model: nn.Module) -> Dict[str, Tensor]:
