@@ -11,9 +11,14 @@ on). Each pair is timed under fp32 and under bf16 autocast. Measurements are int
 and the medians compared, since the machine is shared and noisy. Ratio = transformers time / vlptm time
 (> 1: vlptm is faster).
 
+On ``--device cuda`` the models and the batch live on the GPU, bf16 rows use CUDA autocast, and the
+device is synchronised before each timer is read (the CPU-time column is then the host's launch work).
+
 Run:
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_encoders.py            # hidden 384, B=32, T=20, R=36
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_encoders.py --hidden 768 --heads 12 --repeats 7
+    python benchmarks/bench_encoders.py --device cuda --hidden 768 --heads 12 --layers 12 --l-layers 9 \
+        --r-layers 5 --x-layers 5 --batch 64                               # LXMERT-base size on a GPU
 """
 from __future__ import annotations
 
@@ -43,13 +48,21 @@ def _loss(*tensors: torch.Tensor) -> torch.Tensor:
     return sum(t.float().pow(2).mean() for t in tensors)
 
 
-def _step_fn(model: torch.nn.Module, forward: Callable[[], tuple], bf16: bool) -> Callable[[], tuple]:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _step_fn(model: torch.nn.Module, forward: Callable[[], tuple], bf16: bool,
+             device: torch.device) -> Callable[[], tuple]:
     def step() -> tuple:
-        context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        context = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        _sync(device)
         start, cpu_start = time.perf_counter(), time.process_time()
         with context:
             outputs = forward()
         _loss(*outputs).backward()
+        _sync(device)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         model.zero_grad(set_to_none=True)
         return elapsed, cpu
@@ -57,7 +70,7 @@ def _step_fn(model: torch.nn.Module, forward: Callable[[], tuple], bf16: bool) -
     return step
 
 
-def _pairs(args: argparse.Namespace):
+def _pairs(args: argparse.Namespace, device: torch.device):
     from transformers import LxmertConfig, LxmertModel, VisualBertConfig, VisualBertModel
 
     from vlptm.models import (DualStreamEncoder, SingleStreamEncoder, infer_lxmert_config, infer_visualbert_config,
@@ -75,8 +88,10 @@ def _pairs(args: argparse.Namespace):
     single = SingleStreamEncoder(infer_visualbert_config(visualbert.state_dict(), num_attention_heads=args.heads,
                                                          attention_backend=args.attention_backend)).train()
     load_visualbert(single, visualbert.state_dict(), strict=True)
+    for model in (lxmert, dual, visualbert, single):
+        model.to(device)
 
-    b4 = _batch(args.batch, args.text_len, args.regions, args.feat_dim, 4)
+    b4 = {k: v.to(device) for k, v in _batch(args.batch, args.text_len, args.regions, args.feat_dim, 4).items()}
     b0 = {k: v for k, v in b4.items() if k != "region_pos"}
 
     def hf_lxmert():
@@ -120,19 +135,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9, help="timed steps per model and precision")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models and batch live there)")
     parser.add_argument("--attention-backend", default="auto", choices=("auto", "sdpa", "explicit"),
                         help="vlptm's attention kernel (auto: SDPA except CPU autograd passes)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; hidden {args.hidden}, {args.heads} heads, "
-          f"B={args.batch}, T={args.text_len}, R={args.regions}, D={args.feat_dim}; dual {args.l_layers}/"
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__} on {where}, {torch.get_num_threads()} threads; hidden {args.hidden}, "
+          f"{args.heads} heads, B={args.batch}, T={args.text_len}, R={args.regions}, D={args.feat_dim}; dual {args.l_layers}/"
           f"{args.r_layers}/{args.x_layers}, single {args.layers} layers; {args.repeats} interleaved steps each; "
           f"vlptm attention_backend={args.attention_backend}")
     rows: List[Dict[str, object]] = []
-    for title, (hf_model, hf_fwd), (our_model, our_fwd) in _pairs(args):
+    for title, (hf_model, hf_fwd), (our_model, our_fwd) in _pairs(args, device):
         for bf16 in (False, True):
-            hf_step, our_step = _step_fn(hf_model, hf_fwd, bf16), _step_fn(our_model, our_fwd, bf16)
+            hf_step, our_step = _step_fn(hf_model, hf_fwd, bf16, device), _step_fn(our_model, our_fwd, bf16, device)
             for _ in range(args.warmup):
                 hf_step(), our_step()
             hf_times, our_times = [], []
