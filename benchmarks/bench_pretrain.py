@@ -45,6 +45,7 @@ from vlptm.config import load_config
 from vlptm.data.pretrain import MaskingOptions, PretrainDataset, PretrainSource, collate_pretrain
 from vlptm.data.readers import read_records
 from vlptm.features.store import FeatureStore
+from vlptm.objectives.itc import concat_image_embeddings
 from vlptm.text import load_tokenizer
 from vlptm.train import load_pretraining_model, pretrain
 from vlptm.train.checkpoint import latest_step
@@ -110,7 +111,7 @@ def evaluate(model, dataset: PretrainDataset, batch_size: int = 128,
     for start in range(0, len(dataset.images), batch_size):
         regions = [dataset.regions(i) for i in range(start, min(start + batch_size, len(dataset.images)))]
         image_embs.append(model.embed_images(_pad_regions(regions)))
-    image_emb = torch.cat(image_embs)  # (I, E)
+    image_emb = concat_image_embeddings(image_embs)  # (I, F), or (I, R, F) region sets
     text_embs = []
     for start in range(0, len(dataset), batch_size):
         items = [{"input_ids": dataset.text_ids[i]} for i in range(start, min(start + batch_size, len(dataset)))]
@@ -122,7 +123,8 @@ def evaluate(model, dataset: PretrainDataset, batch_size: int = 128,
             mask[j, : len(it["input_ids"])] = 1
         text_embs.append(model.embed_text({"input_ids": ids, "attention_mask": mask}))
     text_emb = torch.cat(text_embs)  # (Q, E)
-    scores = text_emb @ image_emb.t()  # (Q, I)
+    scores = torch.cat([model.itc.similarity(text_emb[s: s + 256], image_emb)
+                        for s in range(0, len(text_emb), 256)])  # (Q, I)
     truth = torch.from_numpy(dataset.example_image)  # (Q,)
     rank = (scores > scores.gather(1, truth[:, None])).sum(1)  # (Q,) images scored above the right one
     for k in (1, 5, 10):

@@ -35,8 +35,8 @@ def make_world(root: Path, num_images: int = 12, seed: int = 0) -> Tuple[Path, P
     return world, store
 
 
-def make_model(kind: str = "single-tiny", seed: int = 0, tasks=("itc", "itm")):
-    """A freshly initialised tiny :class:`~vlptm.retrieval.RetrievalModel` on CPU."""
+def make_model(kind: str = "single-tiny", seed: int = 0, tasks=("itc", "itm"), pooling: str = "mean"):
+    """A freshly initialised tiny :class:`~vlptm.retrieval.RetrievalModel` on CPU (``pooling``: its ITC's)."""
     import torch
 
     from vlptm.models import create_model
@@ -45,7 +45,8 @@ def make_model(kind: str = "single-tiny", seed: int = 0, tasks=("itc", "itm")):
     from vlptm.text import load_tokenizer
 
     torch.manual_seed(seed)
-    net = PretrainingModel(create_model(kind, region_feat_dim=FEATURE_DIM), tasks=list(tasks), itc_embed_dim=24)
+    net = PretrainingModel(create_model(kind, region_feat_dim=FEATURE_DIM), tasks=list(tasks), itc_embed_dim=24,
+                           itc_pooling=pooling)
     return RetrievalModel(net, load_tokenizer(), max_regions=10, max_text_len=24, source=f"fresh-{kind}-{seed}",
                           device="cpu")
 

@@ -26,12 +26,13 @@ def _weights(run_dir: Path) -> dict:
     return weights
 
 
-def test_two_gloo_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("pooling", ["mean", "regions"])  # regions: ranks' region sets differ in size
+def test_two_gloo_ranks_match_one_process(tmp_path, pooling):
     toy = make_toy_world(tmp_path / "toy", num_images=40, seed=2)
     sections = dict(
         model_overrides={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
         tasks={"weights": {"mlm": 1.0, "mrfr": 1.0, "mrc": 1.0, "itm": 1.0, "itc": 1.0}, "sampling": "sum",
-               "itc_embed_dim": 16},
+               "itc_embed_dim": 16, "itc_pooling": pooling},
         optim={"lr": 2e-3, "warmup_steps": 1, "max_steps": 6},
     )
     single = write_recipe(tmp_path / "single.yaml", toy, tmp_path / "single",

@@ -148,13 +148,15 @@ def _fixed_batch(pos_dim: int) -> dict:
 @pytest.mark.parametrize("model_name", ["single-tiny", "dual-tiny"])
 @pytest.mark.parametrize("task,negatives", [("mlm", "random"), ("mrfr", "random"), ("mrc", "random"),
                                             ("mrc_kl", "random"), ("itm", "random"), ("itm", "hard"),
-                                            ("itc", "random")])
+                                            ("itc", "random"), ("itc", "regions")])
 def test_each_loss_falls_on_a_fixed_batch(model_name, task, negatives):
     torch.manual_seed(0)
     encoder = create_model(model_name, region_feat_dim=D, vocab_size=1200, hidden_dropout_prob=0.0,
                            attention_probs_dropout_prob=0.0)
     tasks = [task] + (["itc"] if negatives == "hard" else [])
-    model = PretrainingModel(encoder, tasks, num_region_classes=C, itm_negatives=negatives, itc_embed_dim=16)
+    pooling = "regions" if negatives == "regions" else "mean"  # ("itc", "regions"): ITC's region pooling
+    model = PretrainingModel(encoder, tasks, num_region_classes=C, itm_negatives="random" if pooling == "regions"
+                             else negatives, itc_embed_dim=16, itc_pooling=pooling)
     batch = _fixed_batch(encoder.config.region_pos_dim)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     losses = []
@@ -246,6 +248,25 @@ def test_itc_ignores_other_captions_of_the_same_image():
     shared = model.itc(text, image, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))["itc"]
     assert shared < distinct  # fewer negatives in the softmax
     assert text.shape == (B, 256) and torch.allclose(text.norm(dim=-1), torch.ones(B))
+
+
+@pytest.mark.parametrize("model_name", ["single-tiny", "dual-tiny"])
+def test_region_pooled_itc_scores_by_the_best_region_and_ignores_padding(model_name):
+    torch.manual_seed(0)
+    model = PretrainingModel(create_model(model_name, region_feat_dim=D, vocab_size=1200), ["itc", "itm"],
+                             itc_embed_dim=16, itc_pooling="regions", itm_negatives="hard").eval()
+    batch = _fixed_batch(model.encoder.config.region_pos_dim)
+    batch["region_mask"][:, R - 2:] = 0  # the last two regions of every image are padding
+    with torch.no_grad():
+        text, image = model.embed_text(batch), model.embed_images(batch)  # (B, 32), (B, R, 32)
+        assert text.shape == (B, 32) and image.shape == (B, R, 32)
+        assert torch.allclose(image.norm(dim=-1), torch.ones(B, R), atol=1e-5)
+        expected = torch.einsum("te,ire->tir", text, image[:, : R - 2]).amax(-1)  # (B, B) over real regions
+        assert torch.allclose(model.itc.similarity(text, image), expected, atol=1e-6)
+        trimmed = {k: (v[:, : R - 2] if k.startswith("region") else v) for k, v in batch.items()}
+        assert torch.allclose(model.itc.similarity(text, model.embed_images(trimmed)), expected, atol=1e-5)
+        out = model(batch)  # hard ITM negatives are sampled from the region-pooled similarity
+    assert torch.isfinite(out["itc"]) and torch.isfinite(out["itm"])
 
 
 def test_mrc_needs_class_probabilities():

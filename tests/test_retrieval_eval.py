@@ -43,13 +43,18 @@ def test_two_stage_equals_exhaustive_when_every_pair_is_reranked(small_set, kind
         assert again[mode]["t2i"] == first[mode]["t2i"] and again[mode]["i2t"] == first[mode]["i2t"]
 
 
-def test_itc_recalls_match_brute_force(small_set):
+@pytest.mark.parametrize("pooling", ["mean", "regions"])
+def test_itc_recalls_match_brute_force(small_set, pooling):
     store, data = small_set
-    model = make_model("single-tiny")
+    model = make_model("single-tiny", pooling=pooling)
     result = evaluate_retrieval(model, store, data, modes=["itc"])
     text = model.embed_texts(data.captions)
     image = model.embed_regions([model.regions(store[i]) for i in data.image_ids])
-    sim = text @ image.T  # (T, I)
+    if pooling == "mean":
+        sim = text @ image.T  # (T, I)
+    else:  # an image is a set of region vectors: its score is its best region's
+        assert [len(s) for s in image] == [min(10, len(store[i])) for i in data.image_ids]
+        sim = np.array([[max(float(row @ t) for row in s) for s in image] for t in text])  # (T, I)
     t2i = np.array([(sim[t] > sim[t, g]).sum() for t, g in enumerate(data.caption_image)])
     expected = recalls_from_ranks(t2i)
     assert result["itc"]["t2i"] == pytest.approx(expected, abs=1e-6)

@@ -130,3 +130,46 @@ def test_save_replaces_atomically(tmp_path):
     index.save(tmp_path / "idx")
     assert EmbeddingIndex.load(tmp_path / "idx").ids() == ["a", "b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temporaries left behind
+
+
+@pytest.mark.parametrize("factory, rescore", [("Flat", 0), ("HNSW8", 0), ("PQ4x4", 64)])
+def test_vector_sets_score_by_their_best_vector(factory, rescore, tmp_path):
+    base = _clustered(600)
+    sizes = np.random.default_rng(3).integers(1, 6, size=150)  # 150 sets of 1-5 vectors
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    sets = [base[a: a + n] for a, n in zip(starts, sizes)]
+    ids = [f"img{i}" for i in range(len(sets))]
+    index = EmbeddingIndex(DIM, factory, search_params={"efSearch": 64} if factory.startswith("HNSW") else None)
+    index.add(ids, sets)
+    assert len(index) == 150 and index.ntotal == int(sizes.sum())
+    queries = _clustered(12, seed=4)
+    best = np.array([[(s @ q).max() for s in sets] for q in queries])  # (Q, sets) exact set scores
+    scores, found = index.search(queries, k=8, rescore=rescore)
+    assert all(len(set(row)) == 8 for row in found), "each id once, however many of its vectors match"
+    expected = np.argsort(-best, axis=1, kind="stable")[:, :8]
+    hits = np.mean([len({ids[j] for j in row} & set(f)) / 8 for row, f in zip(expected, found)])
+    assert hits >= (1.0 if factory == "Flat" else 0.9), hits
+    if factory == "Flat":
+        np.testing.assert_allclose(scores, np.sort(best, axis=1)[:, ::-1][:, :8], rtol=1e-5, atol=1e-6)
+    # a set query scores by its best row: the same as searching each row and keeping each id's best
+    set_scores, set_found = index.search([queries[:3], queries[3:4]], k=5, rescore=rescore)
+    if factory == "Flat":
+        per_set = np.stack([best[:3].max(axis=0), best[3]])  # (2, sets)
+        np.testing.assert_allclose(set_scores, np.sort(per_set, axis=1)[:, ::-1][:, :5], rtol=1e-5, atol=1e-6)
+    # removing an id removes its whole set; the rows survive a save and load
+    assert index.remove(["img0", "img1"]) == 2 and len(index) == 148
+    _, found = index.search(base[:1], k=20, rescore=rescore)
+    assert "img0" not in found[0] and "img1" not in found[0]
+    np.testing.assert_array_equal(index.vectors("img2"), sets[2])
+    index.save(tmp_path / "sets")
+    loaded = EmbeddingIndex.load(tmp_path / "sets")
+    assert loaded.search(queries, k=8, rescore=rescore)[1] == index.search(queries, k=8, rescore=rescore)[1]
+    if sizes[2] > 1:
+        with pytest.raises(RetrievalIndexError, match="vectors"):
+            loaded.vector("img2")
+
+
+def test_empty_vector_set_is_refused():
+    index = EmbeddingIndex(DIM, "Flat")
+    with pytest.raises(ValueError, match="at least one vector"):
+        index.add(["a", "b"], [_clustered(2), np.zeros((0, DIM), np.float32)])

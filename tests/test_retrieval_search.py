@@ -11,7 +11,8 @@ from vlptm.features.store import FeatureStore
 from vlptm.retrieval import EmbeddingIndex, IndexMismatchError, RetrievalModelError, Searcher
 from vlptm.retrieval.build import build_index, open_index
 
-ENCODERS = ["single-tiny", "dual-tiny"]
+# encoder and ITC pooling: one vector per image, or one per region ("regions": the index holds sets)
+ENCODERS = [("single-tiny", "mean"), ("dual-tiny", "mean"), ("single-tiny", "regions")]
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +22,11 @@ def world(tmp_path_factory):
     return {"root": root, "world": world_dir, "store": FeatureStore.open(store_dir)}
 
 
-@pytest.fixture(scope="module", params=ENCODERS)
+@pytest.fixture(scope="module", params=ENCODERS, ids=["-".join(e) for e in ENCODERS])
 def searcher(request, world):
-    model = make_model(request.param)
-    out = world["root"] / f"index-{request.param}"
+    kind, pooling = request.param
+    model = make_model(kind, pooling=pooling)
+    out = world["root"] / f"index-{kind}-{pooling}"
     build_index(model, world["store"], out, images=world["world"] / "captions.json",
                 captions=world["world"] / "captions.json", progress=False)
     indexes = open_index(out, model, world["store"])
@@ -58,7 +60,8 @@ def test_text_to_image_reranks_by_itm(searcher, world):
             alone = model.itm_scores(model.tokenize([queries[q]]), [model.regions(world["store"][hit.item_id])],
                                      [(0, 0)])[0]
             assert hit.itm == pytest.approx(float(alone), abs=1e-5)
-            expected_itc = float(model.embed_texts([queries[q]])[0] @ searcher.images.vector(hit.item_id))
+            rows = searcher.images.vectors(hit.item_id)  # (r, E): one row, or one per region
+            expected_itc = float((rows @ model.embed_texts([queries[q]])[0]).max())
             assert hit.itc == pytest.approx(expected_itc, abs=1e-5)
 
 

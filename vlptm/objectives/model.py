@@ -54,6 +54,8 @@ class PretrainingModel(nn.Module):
         itm_negatives: ``"random"`` or ``"hard"``.
         itc_embed_dim: E.
         itc_temperature: initial ITC temperature.
+        itc_pooling: ``"mean"`` (one vector per image) or ``"regions"`` (one per region, scored by the
+            maximum; see :mod:`vlptm.objectives.itc`).
 
     Example:
         >>> import torch
@@ -67,7 +69,7 @@ class PretrainingModel(nn.Module):
 
     def __init__(self, encoder: VisionLanguageEncoder, tasks: Sequence[str], *, num_region_classes: int = 0,
                  masking: str = "conditional", itm_negatives: str = "random", itc_embed_dim: int = 256,
-                 itc_temperature: float = 0.07) -> None:
+                 itc_temperature: float = 0.07, itc_pooling: str = "mean") -> None:
         super().__init__()
         unknown = sorted(set(tasks) - set(TASKS))
         if unknown or not tasks:
@@ -91,7 +93,8 @@ class PretrainingModel(nn.Module):
                     if set(MRM_TASKS) & set(tasks) else None)
         self.itm = ImageTextMatching(hidden) if "itm" in tasks else None
         needs_itc = "itc" in tasks or ("itm" in tasks and itm_negatives == "hard")
-        self.itc = ImageTextContrastive(hidden, itc_embed_dim, itc_temperature) if needs_itc else None
+        self.itc = (ImageTextContrastive(hidden, itc_embed_dim, itc_temperature, pooling=itc_pooling)
+                    if needs_itc else None)
 
     # -- retrieval embeddings -----------------------------------------------------------------------------
     # The unimodal passes are summarised by the mean of their real token / region states, not by the
@@ -99,18 +102,19 @@ class PretrainingModel(nn.Module):
     # stream carries the identical [CLS] embedding), which stalls contrastive learning, while the mean of
     # the states differs from the first step on.
     def embed_text(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Text-only pass -> ``(B, E)`` unit-norm text embeddings (keys ``input_ids``, ``attention_mask``)."""
+        """Text-only pass -> ``(B, F)`` unit-norm text embeddings (keys ``input_ids``, ``attention_mask``)."""
         inputs = _pick(batch, _TEXT)
         mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))  # (B, T)
         return self.itc.embed_text(masked_mean(self.encoder(inputs).text_hidden, mask))
 
     def embed_images(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Regions-only pass -> ``(B, E)`` unit-norm image embeddings (keys ``region_feats``, ``region_pos``,
-        ``region_mask``)."""
+        """Regions-only pass -> ``(B, F)`` unit-norm image embeddings, or ``(B, R, F)`` region sets with
+        region pooling (keys ``region_feats``, ``region_pos``, ``region_mask``)."""
         inputs = _pick(batch, _REGIONS)
         mask = inputs.get("region_mask", torch.ones(inputs["region_feats"].shape[:2], dtype=torch.long,
                                                     device=inputs["region_feats"].device))  # (B, R)
-        return self.itc.embed_image(masked_mean(self.encoder(inputs).region_hidden, mask))
+        states = self.encoder(inputs).region_hidden  # (B, R, H)
+        return self.itc.embed_image(masked_mean(states, mask), states, mask)
 
     # -- training -----------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Tensor], tasks: Optional[Sequence[str]] = None) -> Dict[str, Tensor]:
@@ -141,7 +145,7 @@ class PretrainingModel(nn.Module):
                 image_emb = self.embed_images(batch)  # (B, E)
             if "itc" in tasks:
                 out.update(self.itc(text_emb, image_emb, batch.get("image_index")))
-            similarity = text_emb.detach() @ image_emb.detach().t()  # (B, B)
+            similarity = self.itc.similarity(text_emb.detach(), image_emb.detach())  # (B, B)
         if "itm" in tasks:
             out.update(self._matching(batch, similarity))
         return out

@@ -12,12 +12,12 @@ from vlptm.retrieval.evaluate import (MODES, EvalSet, evaluate_retrieval, exhaus
                                       recalls_from_ranks)
 from vlptm.retrieval.index import (EmbeddingIndex, IndexFormatError, IndexMismatchError, IndexTrainingError,
                                    RetrievalIndexError, read_index_manifest)
-from vlptm.retrieval.model import Regions, RetrievalModel, RetrievalModelError
+from vlptm.retrieval.model import Regions, RetrievalModel, RetrievalModelError, itc_score_matrix
 from vlptm.retrieval.search import QueryBatcher, Searcher, SearchHit, combine_scores
 
 __all__ = [
     "MODES", "EvalSet", "evaluate_retrieval", "exhaustive_itm", "format_results", "recalls_from_ranks",
     "EmbeddingIndex", "IndexFormatError", "IndexMismatchError", "IndexTrainingError", "RetrievalIndexError",
-    "read_index_manifest", "Regions", "RetrievalModel", "RetrievalModelError", "QueryBatcher", "Searcher", "SearchHit",
+    "read_index_manifest", "Regions", "RetrievalModel", "RetrievalModelError", "itc_score_matrix", "QueryBatcher", "Searcher", "SearchHit",
     "combine_scores",
 ]

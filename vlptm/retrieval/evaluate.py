@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from vlptm.retrieval.index import EmbeddingIndex
-from vlptm.retrieval.model import RetrievalModel
+from vlptm.retrieval.model import RetrievalModel, itc_score_matrix
 from vlptm.retrieval.search import combine_scores
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def evaluate_retrieval(model: RetrievalModel, store: Any, data: EvalSet, *, mode
     needs_itc = bool({"itc", "two-stage"} & set(modes))
     if needs_itc:
         start = time.perf_counter()
-        image_emb = model.embed_regions(regions, batch_size)  # (I, E)
+        image_emb = model.embed_regions(regions, batch_size)  # (I, E), or I region sets
         text_emb = model.embed_texts(data.captions, batch_size)  # (T, E)
         out["embed_seconds"] = time.perf_counter() - start
         depth = max(max(RECALL_KS), int(rerank))
@@ -200,7 +200,8 @@ def evaluate_retrieval(model: RetrievalModel, store: Any, data: EvalSet, *, mode
             itm = exhaustive_itm(model, text_ids, regions, batch_size, progress)  # (T, I)
             if itm_cache is not None:
                 itm_cache["exhaustive"] = itm
-        itc = model.embed_texts(data.captions, batch_size) @ model.embed_regions(regions, batch_size).T  # (T, I)
+        itc = itc_score_matrix(model.embed_texts(data.captions, batch_size),
+                               model.embed_regions(regions, batch_size))  # (T, I)
         final = combine_scores(itm, itc, itc_weight)  # (T, I)
         t2i_ranks = (final > final[np.arange(n_captions), gold_image][:, None]).sum(axis=1)  # (T,)
         gold_score = final[np.arange(n_captions), gold_image]  # (T,) score of each caption with its image

@@ -3,7 +3,9 @@
 :class:`EmbeddingIndex` holds unit-norm ITC embeddings in any FAISS index-factory layout — ``Flat``
 (exact), ``IVF4096,Flat``, ``HNSW32``, ``IVF1024,PQ32``, ``OPQ32,IVF1024,PQ32`` ... — searched by inner
 product (= cosine). Layouts that need training are trained on the first vectors added. Ids are arbitrary
-strings mapped to FAISS int64 labels; :meth:`~EmbeddingIndex.remove` deletes natively where the layout can
+strings mapped to FAISS int64 labels. An id may own several vectors (a *set*: an image embedded one vector
+per region by a region-pooling model, see :mod:`vlptm.objectives.itc`); its score for a query is then the
+best score of its vectors, and a query may itself be a set (the best score over all pairs). :meth:`~EmbeddingIndex.remove` deletes natively where the layout can
 (Flat, IVF, PQ) and otherwise (HNSW) hides the removed labels from results until :meth:`compact`.
 
 On disk, an index directory holds::
@@ -12,14 +14,15 @@ On disk, an index directory holds::
       manifest.json   format, layout, dims, counts, search parameters, and the model and feature extractor
                       the embeddings came from (checked on open: another model is an error)
       index.faiss     the FAISS index (faiss.write_index)
-      ids.json        label -> id (null for removed labels), removed-but-present labels, and for each id
-                      its payload: an image path (image index) or a caption (caption index)
+      ids.json        label -> id (null for removed labels; an id with a set of vectors appears once per
+                      vector), removed-but-present labels, and for each id its payload: an image path
+                      (image index) or a caption (caption index)
       vectors.npy     (N, E) float32 raw embeddings by label (optional): exact re-scoring and compaction
 
 The directory is written into a temporary sibling and swapped in with renames, so a reader never sees a
 half-written index.
 
-Shape legend: N indexed vectors, Q queries, E embedding size, k results per query.
+Shape legend: N indexed vectors, Q queries, E embedding size, k results per query, r vectors of one set.
 """
 from __future__ import annotations
 
@@ -77,6 +80,17 @@ def _native_ids(index: Any) -> bool:
     return isinstance(inner, faiss.IndexIVF)
 
 
+def _as_sets(vectors: Any, dim: int) -> Tuple[np.ndarray, List[int]]:
+    """``(n, E)`` vectors or ``n`` sets ``(r_i, E)`` -> ``(sum r_i, E)`` rows and each item's ``r_i``."""
+    if isinstance(vectors, np.ndarray) or not len(vectors) or np.ndim(vectors[0]) == 1:
+        array = _as_matrix(vectors, dim)
+        return array, [1] * len(array)
+    sets = [_as_matrix(v, dim) for v in vectors]
+    if any(len(v) == 0 for v in sets):
+        raise ValueError("every vector set needs at least one vector")
+    return np.concatenate(sets), [len(v) for v in sets]
+
+
 def _as_matrix(vectors: Any, dim: int) -> np.ndarray:
     array = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
     if array.ndim != 2 or array.shape[1] != dim:
@@ -131,7 +145,7 @@ class EmbeddingIndex:
             raise ValueError(f"FAISS rejects the index factory string {factory!r}: {err}") from err
         self._index = index if _native_ids(index) else faiss.IndexIDMap2(index)
         self._ids: List[Optional[str]] = []  # label -> id (None once removed)
-        self._label: Dict[str, int] = {}  # id -> label
+        self._label: Dict[str, List[int]] = {}  # id -> its labels (one per vector of its set)
         self._payload: Dict[str, str] = {}  # id -> image path / caption
         self._hidden: set = set()  # labels removed from the id map but still inside the FAISS index
         self._vectors = np.zeros((0, self.dim), dtype=np.float32)  # (N, E) by label when keep_vectors
@@ -145,8 +159,8 @@ class EmbeddingIndex:
         return str(item_id) in self._label
 
     def ids(self) -> List[str]:
-        """Live ids in label order."""
-        return [i for i in self._ids if i is not None]
+        """Live ids in the order they were added."""
+        return list(self._label)
 
     def payload(self, item_id: str) -> Optional[str]:
         """The image path or caption stored with an id (``None`` if none was given).
@@ -159,10 +173,22 @@ class EmbeddingIndex:
         return self._payload.get(item_id)
 
     def vector(self, item_id: str) -> np.ndarray:
-        """``(E,)`` raw embedding of an id (needs ``keep_vectors``)."""
+        """``(E,)`` raw embedding of an id with one vector (needs ``keep_vectors``); see :meth:`vectors`.
+
+        Raises:
+            RetrievalIndexError: no raw vectors kept, or the id owns a set of vectors.
+        """
+        rows = self.vectors(item_id)
+        if len(rows) != 1:
+            raise RetrievalIndexError(f"{item_id!r} owns {len(rows)} vectors: use vectors()")
+        return rows[0]
+
+    def vectors(self, item_id: str) -> np.ndarray:
+        """``(r, E)`` raw embeddings of an id (``r = 1`` unless it owns a set; needs ``keep_vectors``)."""
         if not self.keep_vectors:
             raise RetrievalIndexError("this index keeps no raw vectors (built with keep_vectors=False)")
-        return self._vectors[self._label[item_id]].copy()
+        return np.array(self._vectors[self._label[item_id]])
+
 
     @property
     def is_trained(self) -> bool:
@@ -203,7 +229,7 @@ class EmbeddingIndex:
 
         Args:
             item_ids: ``n`` ids, none already in the index and no duplicates.
-            vectors: ``(n, E)`` embeddings (unit norm for cosine scores).
+            vectors: ``(n, E)`` embeddings (unit norm for cosine scores), or ``n`` sets of ``(r_i, E)``.
             payloads: optional ``n`` image paths (image index) or captions (caption index).
 
         Raises:
@@ -211,9 +237,9 @@ class EmbeddingIndex:
             IndexTrainingError: see :meth:`train`.
         """
         keys = [str(i) for i in item_ids]
-        array = _as_matrix(vectors, self.dim)
-        if len(keys) != len(array):
-            raise ValueError(f"{len(keys)} ids for {len(array)} vectors")
+        array, sizes = _as_sets(vectors, self.dim)  # (sum r, E), n sizes
+        if len(keys) != len(sizes):
+            raise ValueError(f"{len(keys)} ids for {len(sizes)} vectors (or vector sets)")
         if payloads is not None and len(payloads) != len(keys):
             raise ValueError(f"{len(payloads)} payloads for {len(keys)} ids")
         if len(set(keys)) != len(keys):
@@ -225,11 +251,13 @@ class EmbeddingIndex:
             return
         if not self._index.is_trained:
             self.train(array)
-        labels = np.arange(len(self._ids), len(self._ids) + len(keys), dtype=np.int64)
+        labels = np.arange(len(self._ids), len(self._ids) + len(array), dtype=np.int64)
         self._index.add_with_ids(array, labels)
-        for key, label in zip(keys, labels.tolist()):
-            self._ids.append(key)
-            self._label[key] = label
+        start = int(labels[0])
+        for key, size in zip(keys, sizes):
+            self._ids.extend([key] * size)
+            self._label[key] = list(range(start, start + size))
+            start += size
         if payloads is not None:
             self._payload.update({k: str(p) for k, p in zip(keys, payloads) if p is not None})
         if self.keep_vectors:
@@ -240,20 +268,20 @@ class EmbeddingIndex:
 
         Layouts that support it delete the vectors; others (HNSW) keep them hidden from results.
         """
-        labels = [self._label[str(i)] for i in item_ids if str(i) in self._label]
-        if not labels:
+        keys = sorted({str(i) for i in item_ids if str(i) in self._label})
+        if not keys:
             return 0
-        label_array = np.asarray(sorted(set(labels)), dtype=np.int64)
+        label_array = np.asarray(sorted(label for key in keys for label in self._label[key]), dtype=np.int64)
         try:
             self._index.remove_ids(label_array)
         except RuntimeError:
             self._hidden.update(label_array.tolist())
         for label in label_array.tolist():
-            key = self._ids[label]
             self._ids[label] = None
+        for key in keys:
             del self._label[key]
             self._payload.pop(key, None)
-        return len(label_array)
+        return len(keys)
 
     def compact(self) -> None:
         """Rebuild the FAISS index from the kept raw vectors of the live ids (drops hidden vectors).
@@ -263,9 +291,8 @@ class EmbeddingIndex:
         """
         if not self.keep_vectors:
             raise RetrievalIndexError("compact() needs the raw vectors (keep_vectors=True)")
-        live = [(key, label) for label, key in enumerate(self._ids) if key is not None]
-        keys = [key for key, _ in live]
-        vectors = self._vectors[[label for _, label in live]] if live else np.zeros((0, self.dim), np.float32)
+        keys = list(self._label)
+        vectors = [np.asarray(self._vectors[self._label[key]]) for key in keys]  # sets (r, E)
         payload = {k: self._payload[k] for k in keys if k in self._payload}
         fresh = EmbeddingIndex(self.dim, self.factory, modality=self.modality, model=self.model,
                                extractor=self.extractor, keep_vectors=True, search_params=self.search_params)
@@ -298,50 +325,68 @@ class EmbeddingIndex:
         self._apply_search_params()
 
     def search(self, queries: Any, k: int = 10, *, rescore: int = 0) -> Tuple[np.ndarray, List[List[str]]]:
-        """The ``k`` nearest ids of each query by inner product.
+        """The ``k`` best ids of each query by inner product (an id's best vector, a set query's best row).
 
         Args:
-            queries: ``(Q, E)`` (or ``(E,)``) query embeddings.
+            queries: ``(Q, E)`` (or ``(E,)``) query embeddings, or ``Q`` query sets ``(r_i, E)``.
             k: results per query (fewer when the index holds fewer).
             rescore: when > 0, fetch ``max(k, rescore)`` candidates from FAISS and re-score them exactly with
                 the raw vectors (recovers the accuracy a compressed layout loses; needs ``keep_vectors``).
 
         Returns:
-            ``(scores (Q, k'), ids)``: inner products, best first, and the ids as ``Q`` lists of ``k'`` strings,
+            ``(scores (Q, k'), ids)``: scores, best first, and the ids as ``Q`` lists of ``k'`` strings,
             ``k' = min(k, len(self))``.
         """
-        array = _as_matrix(np.atleast_2d(np.asarray(queries, dtype=np.float32)), self.dim)  # (Q, E)
+        if isinstance(queries, np.ndarray) or not len(queries) or np.ndim(queries[0]) == 1:
+            queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        array, sizes = _as_sets(queries, self.dim)  # (sum r, E) query rows
         k = int(k)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        live = len(self._label)
-        kk = min(k, live)
+        kk = min(k, len(self._label))
         if kk == 0:
-            return np.zeros((len(array), 0), np.float32), [[] for _ in range(len(array))]
+            return np.zeros((len(sizes), 0), np.float32), [[] for _ in sizes]
         if rescore and not self.keep_vectors:
             raise RetrievalIndexError("rescore needs the raw vectors (keep_vectors=True)")
-        fetch = min(self.ntotal, max(kk, int(rescore)) + len(self._hidden))
-        while True:
-            scores, labels = self._index.search(array, fetch)  # (Q, fetch)
-            rows = []
-            for q in range(len(array)):
-                keep = [i for i, label in enumerate(labels[q].tolist()) if label >= 0 and label not in self._hidden]
-                rows.append((labels[q][keep].tolist(), scores[q][keep]))
-            if fetch >= self.ntotal or not self._hidden or min(len(r) for r, _ in rows) >= kk:
-                break
-            fetch = min(self.ntotal, 2 * fetch)  # hidden labels crowded the candidates out: look further
-        out_scores = np.full((len(array), kk), -np.inf, dtype=np.float32)
+        wanted = max(kk, int(rescore))
+        out_scores = np.full((len(sizes), kk), -np.inf, dtype=np.float32)
         out_ids: List[List[str]] = []
-        for q, (row, row_scores) in enumerate(rows):
-            if rescore:
-                row_scores = self._vectors[row] @ array[q]  # (fetch,)
-                order = np.argsort(-row_scores, kind="stable")
-                row = [row[i] for i in order]
-                row_scores = row_scores[order]
-            row, row_scores = row[:kk], row_scores[:kk]
-            out_scores[q, : len(row)] = row_scores
-            out_ids.append([self._ids[label] for label in row])
+        bounds = np.cumsum([0] + sizes)
+        per_row = self._best_ids(array, wanted)
+        for q in range(len(sizes)):
+            rows = array[bounds[q]: bounds[q + 1]]  # (r, E)
+            best: Dict[str, float] = {}
+            for found in per_row[bounds[q]: bounds[q + 1]]:
+                for key, score in found:
+                    if score > best.get(key, -np.inf):
+                        best[key] = score
+            if rescore:  # exact: the best pair of the query's rows and the id's raw vectors
+                best = {key: float((np.asarray(self._vectors[self._label[key]]) @ rows.T).max()) for key in best}
+            ranked = sorted(best.items(), key=lambda item: -item[1])[:kk]
+            out_scores[q, : len(ranked)] = [score for _, score in ranked]
+            out_ids.append([key for key, _ in ranked])
         return out_scores, out_ids
+
+    def _best_ids(self, rows: np.ndarray, wanted: int) -> List[List[Tuple[str, float]]]:
+        """For each query row, at least ``wanted`` distinct live ids (all, when fewer) with their best score,
+        best first; FAISS is asked for more rows until hidden labels and sets' extra vectors leave enough."""
+        per_id = max(1, -(-(self.ntotal - len(self._hidden)) // max(1, len(self._label))))  # mean set size
+        fetch = min(self.ntotal, wanted * per_id + len(self._hidden))
+        while True:
+            scores, labels = self._index.search(rows, fetch)  # (r, fetch)
+            found: List[List[Tuple[str, float]]] = []
+            for row_labels, row_scores in zip(labels.tolist(), scores.tolist()):
+                seen: Dict[str, float] = {}
+                for label, score in zip(row_labels, row_scores):
+                    if label < 0 or label in self._hidden:
+                        continue
+                    key = self._ids[label]
+                    if key is not None and key not in seen:
+                        seen[key] = score
+                found.append(list(seen.items()))
+            if fetch >= self.ntotal or min(len(f) for f in found) >= min(wanted, len(self._label)):
+                return found
+            fetch = min(self.ntotal, 2 * fetch)  # hidden labels or big sets crowded the ids out: look further
 
     # -- persistence ----------------------------------------------------------------------------------
     def manifest(self) -> Dict[str, Any]:
@@ -419,7 +464,10 @@ class EmbeddingIndex:
         except (RuntimeError, OSError, ValueError) as err:
             raise IndexFormatError(f"{path}: cannot read {INDEX_FILE}/{IDS_FILE}: {err}") from err
         self._ids = list(ids["labels"])
-        self._label = {key: label for label, key in enumerate(self._ids) if key is not None}
+        self._label = {}
+        for label, key in enumerate(self._ids):
+            if key is not None:
+                self._label.setdefault(key, []).append(label)
         self._hidden = set(int(v) for v in ids.get("hidden", []))
         self._payload = dict(ids.get("payloads", {}))
         if self.keep_vectors:
@@ -430,9 +478,10 @@ class EmbeddingIndex:
         else:
             self._vectors = np.zeros((0, self.dim), dtype=np.float32)
         self._apply_search_params()
-        if self._index.d != self.dim or self.ntotal != len(self._label) + len(self._hidden):
+        expected = sum(len(labels) for labels in self._label.values()) + len(self._hidden)
+        if self._index.d != self.dim or self.ntotal != expected:
             raise IndexFormatError(f"{path}: {INDEX_FILE} holds {self.ntotal} vectors of dim {self._index.d}; the "
-                                   f"id map expects {len(self._label) + len(self._hidden)} of dim {self.dim}")
+                                   f"id map expects {expected} of dim {self.dim}")
         return self
 
     def __repr__(self) -> str:

@@ -38,6 +38,20 @@ class RetrievalModelError(ValueError):
     """The model lacks what a retrieval step needs (e.g. no ITM head for re-ranking)."""
 
 
+ImageEmbeddings = Union[np.ndarray, List[np.ndarray]]  # (I, E), or I region sets (r_i, E)
+
+
+def itc_score_matrix(text_emb: np.ndarray, image_emb: ImageEmbeddings) -> np.ndarray:
+    """``(T, I)`` ITC scores of every caption and image: dot products, or the best row of each region set."""
+    if isinstance(image_emb, np.ndarray):
+        return text_emb @ image_emb.T
+    if not len(image_emb):
+        return np.zeros((len(text_emb), 0), dtype=np.float32)
+    sizes = [len(s) for s in image_emb]
+    scores = text_emb @ np.concatenate(image_emb).T  # (T, sum r)
+    return np.maximum.reduceat(scores, np.cumsum([0] + sizes[:-1]), axis=1)  # (T, I)
+
+
 @dataclass
 class Regions:
     """One image's region tensors as the encoder reads them: ``feats (r, D)``, ``pos (r, P)``."""
@@ -92,7 +106,8 @@ class RetrievalModel:
         self.autocast_dtype = autocast_dtype
         self.pos_dim = int(model.encoder.config.region_pos_dim)
         self.region_feat_dim = int(model.encoder.config.region_feat_dim)
-        self.embed_dim = int(model.itc.text_proj.out_features)
+        self.embed_dim = int(model.itc.out_dim)
+        self.multi_vector = bool(model.itc.multi_vector)  # images embedded as one vector per region
         self._fingerprint: Optional[str] = None
 
     # -- construction -----------------------------------------------------------------------------------
@@ -209,27 +224,34 @@ class RetrievalModel:
         return out
 
     @torch.inference_mode()
-    def embed_regions(self, regions: Sequence[Regions], batch_size: int = 128) -> np.ndarray:
-        """``(B, E)`` float32 unit-norm ITC image embeddings of images given as :class:`Regions`."""
-        out = np.zeros((len(regions), self.embed_dim), dtype=np.float32)
+    def embed_regions(self, regions: Sequence[Regions], batch_size: int = 128) -> ImageEmbeddings:
+        """Float32 unit-norm ITC embeddings of images given as :class:`Regions`: a ``(B, E)`` array, or for a
+        region-pooling model (:attr:`multi_vector`) a list of ``B`` sets ``(r_i, E)``, one row per region."""
+        out: Any = [] if self.multi_vector else np.zeros((len(regions), self.embed_dim), dtype=np.float32)
         for start in range(0, len(regions), batch_size):
             chunk = regions[start: start + batch_size]
             with _autocast(self.device, self.autocast_dtype):
-                emb = self.net.embed_images(self.region_batch(chunk))  # (b, E)
-            out[start: start + len(chunk)] = emb.float().cpu().numpy()
+                emb = self.net.embed_images(self.region_batch(chunk)).float().cpu().numpy()  # (b, E) / (b, R, E)
+            if self.multi_vector:
+                out.extend(emb[i, : max(1, len(r.feats))] for i, r in enumerate(chunk))
+            else:
+                out[start: start + len(chunk)] = emb
         return out
 
     def embed_store(self, store: Any, image_ids: Sequence[str], batch_size: int = 128,
-                    progress: bool = False) -> np.ndarray:
-        """``(B, E)`` image embeddings of ``image_ids`` read from a :class:`~vlptm.features.FeatureStore`."""
+                    progress: bool = False) -> ImageEmbeddings:
+        """Image embeddings (see :meth:`embed_regions`) of ``image_ids`` read from a
+        :class:`~vlptm.features.FeatureStore`."""
         from tqdm import tqdm
 
-        out = np.zeros((len(image_ids), self.embed_dim), dtype=np.float32)
+        parts = []
         starts = range(0, len(image_ids), batch_size)
         for start in tqdm(starts, desc="embedding images", unit="batch", disable=not progress):
             chunk = [self.regions(store[i]) for i in image_ids[start: start + batch_size]]
-            out[start: start + len(chunk)] = self.embed_regions(chunk, batch_size)
-        return out
+            parts.append(self.embed_regions(chunk, batch_size))
+        if self.multi_vector:
+            return [item for part in parts for item in part]
+        return np.concatenate(parts) if parts else np.zeros((0, self.embed_dim), dtype=np.float32)
 
     # -- matching -----------------------------------------------------------------------------------------
     @torch.inference_mode()

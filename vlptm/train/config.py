@@ -58,6 +58,7 @@ class TaskConfig:
     itm_negative_prob: float = 0.5  # share of mismatched pairs with random negatives
     itc_embed_dim: int = 256  # size of the retrieval embeddings
     itc_temperature: float = 0.07  # initial ITC temperature
+    itc_pooling: str = "mean"  # "mean": one vector per image; "regions": one per region, scored by the max
 
 
 @dataclass
