@@ -114,6 +114,23 @@ def test_hard_negatives_avoid_positives_and_prefer_similar():
         sample_hard_negatives(torch.zeros(2, 2), torch.tensor([5, 5]))
 
 
+def test_hard_negatives_skip_images_whose_caption_is_the_same_text():
+    torch.manual_seed(0)
+    model = PretrainingModel(create_model("single-tiny", region_feat_dim=D, vocab_size=1200), ["itm", "itc"],
+                             itm_negatives="hard")
+    batch = _fixed_batch(7)
+    batch["input_ids"][1] = batch["input_ids"][0]  # images 0 and 1 carry the same caption
+    seen = _spy_encoder_inputs(model)
+    negatives = set()
+    for _ in range(30):
+        model(batch, ["itm"])
+        text_ids, feats = seen[-1]["input_ids"], seen[-1]["region_feats"]  # (3B, T), (3B, R, D): pos, hard, hard
+        for row in range(B, 3 * B):  # which image each negative pair of text 0's caption got
+            if torch.equal(text_ids[row], batch["input_ids"][0]):
+                negatives.add(next(j for j in range(B) if torch.equal(feats[row], batch["region_feats"][j])))
+    assert negatives and not negatives & {0, 1}  # text 0/1 never meets image 0 or 1 as a "negative"
+
+
 # -- losses fall on a fixed tiny batch -------------------------------------------------------------------
 D, C, B, T, R = 12, 5, 8, 7, 5
 

@@ -67,7 +67,8 @@ class ImageTextMatching(nn.Module):
 
 
 def sample_hard_negatives(similarity: Tensor, pair_ids: Optional[Tensor] = None,
-                          generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
+                          generator: Optional[torch.Generator] = None,
+                          exclude: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Sample one hard negative per row and per column of an in-batch similarity matrix.
 
     Args:
@@ -75,6 +76,8 @@ def sample_hard_negatives(similarity: Tensor, pair_ids: Optional[Tensor] = None,
             text i with image i.
         pair_ids: optional ``(B,)`` image ids; pairs sharing an image are never each other's negative.
         generator: RNG for the sampling (default: torch's global RNG).
+        exclude: optional ``(B, B)`` bool, symmetric: pairs ``(i, j)`` that are never each other's negative
+            (e.g. text i and text j are the same caption, so image j matches text i).
 
     Returns:
         ``(image_for_text (B,), text_for_image (B,))`` indices, drawn with probability
@@ -88,6 +91,8 @@ def sample_hard_negatives(similarity: Tensor, pair_ids: Optional[Tensor] = None,
     same = torch.eye(size, dtype=torch.bool, device=sim.device)  # (B, B)
     if pair_ids is not None:
         same = same | (pair_ids[:, None] == pair_ids[None, :])
+    if exclude is not None:
+        same = same | exclude
     if same.all(dim=1).any():
         raise ValueError("hard negatives need at least two different images in the batch")
     weights_t2i = sim.masked_fill(same, float("-inf")).softmax(dim=1)  # (B, B)

@@ -178,14 +178,21 @@ class PretrainingModel(nn.Module):
         return out
 
     def _matching(self, batch: Mapping[str, Tensor], similarity: Optional[Tensor]) -> Dict[str, Tensor]:
-        size = batch["input_ids"].shape[0]
+        input_ids = batch["input_ids"]
+        size = input_ids.shape[0]
         images = batch.get("image_index")
-        single_image = size < 2 or (images is not None and bool((images == images[0]).all()))
-        if self.itm_negatives == "random" or single_image:
-            # (a batch of one image's captions has no in-batch negative: it takes the data's random ones)
+        # the same caption given to two images (generic ones such as "one red shape." often are) makes each
+        # image a positive for the other's text: such pairs are never sampled as negatives
+        same_text = (input_ids[:, None, :] == input_ids[None, :, :]).all(dim=-1)  # (B, B)
+        allowed = ~same_text
+        if images is not None:
+            allowed &= images[:, None] != images[None, :]
+        if self.itm_negatives == "random" or not bool(allowed.any(dim=1).all()):
+            # (a batch with no in-batch negative for some pair, e.g. one image's captions only, takes the
+            # data's random negatives)
             inputs = {key: batch["itm_" + key] for key in _TEXT + _REGIONS}
             return self.itm(self.encoder(inputs).pooled, batch["itm_labels"])
-        image_for_text, text_for_image = sample_hard_negatives(similarity, batch.get("image_index"))  # (B,), (B,)
+        image_for_text, text_for_image = sample_hard_negatives(similarity, images, exclude=same_text)  # (B,), (B,)
         own = torch.arange(size, device=similarity.device)  # (B,)
         text_rows = torch.cat([own, own, text_for_image])  # (3B,) positives, hard images, hard texts
         image_rows = torch.cat([own, image_for_text, own])  # (3B,)
