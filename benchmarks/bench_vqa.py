@@ -131,6 +131,11 @@ def _fine_tune(name: str, tuner: VQAFineTuner, train: VQAExamples, val: VQAExamp
     return row
 
 
+def _fit_seed(args: argparse.Namespace) -> int:
+    """The fine-tuning seed (head init, data order, dropout); the splits always follow ``--seed``."""
+    return args.seed if args.fit_seed is None else args.fit_seed
+
+
 def _budget(args: argparse.Namespace, key: str) -> Dict[str, Any]:
     """The fine-tuning schedule of data set ``key`` ("world" or "daquar"): its own flags, else the shared ones."""
     def pick(name: str) -> Any:
@@ -139,7 +144,7 @@ def _budget(args: argparse.Namespace, key: str) -> Dict[str, Any]:
 
     return dict(epochs=pick("epochs"), max_steps=pick("max_steps"), batch_size=args.batch_size, lr=pick("lr"),
                 head_lr_mult=pick("head_lr_mult"), device=args.device, precision=args.precision, log_every=10 ** 9,
-                seed=args.seed)
+                seed=_fit_seed(args))
 
 
 def run_dataset(title: str, train: VQAExamples, val: VQAExamples, test: VQAExamples, pretrained: Optional[Path],
@@ -147,7 +152,8 @@ def run_dataset(title: str, train: VQAExamples, val: VQAExamples, test: VQAExamp
     budget = (f"{train_args['max_steps']} steps" if train_args["max_steps"] else f"{train_args['epochs']:g} epochs")
     print(f"\n== {title}: {len(train)} training / {len(val)} validation / {len(test)} test questions "
           f"({len({r.image_id for r in test.records})} test images)\n   every model: {budget} of "
-          f"{train_args['batch_size']}, lr {train_args['lr']:g} (head x{train_args['head_lr_mult']:g})", flush=True)
+          f"{train_args['batch_size']}, lr {train_args['lr']:g} (head x{train_args['head_lr_mult']:g}), fine-tuning "
+          f"seed {train_args['seed']}, {args.pooling} pooling", flush=True)
     rows = []
     for name, baseline in (("majority answer", MajorityAnswerBaseline()),
                            ("question lookup", QuestionLookupBaseline())):
@@ -159,8 +165,9 @@ def run_dataset(title: str, train: VQAExamples, val: VQAExamples, test: VQAExamp
         print("    (no pretraining run given: only the baselines)")
         return rows
     variant, overrides = _recipe_encoder(pretrained, feature_dim)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(_fit_seed(args))
     tuned = VQAFineTuner.from_pretrained(pretrained, args.answers)  # (a); its options: the run's tokenizer
+    tuned = VQAFineTuner(tuned.encoder, args.answers, replace(tuned.options, pooling=args.pooling))
     blind = VQAFineTuner.from_pretrained(variant, args.answers, options=replace(tuned.options, use_regions=False),
                                          **overrides)
     rows.append(_fine_tune("question-only (no VL pretraining)", blind, train, val, test, train_args))
@@ -214,10 +221,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.add_argument(f"--{key}-max-steps", type=int, help=f"{key}: steps (default --max-steps)")
         parser.add_argument(f"--{key}-lr", type=float, help=f"{key}: encoder lr (default --lr)")
         parser.add_argument(f"--{key}-head-lr-mult", type=float, help=f"{key}: head lr factor (default --head-lr-mult)")
+    parser.add_argument("--pooling", default="cls", choices=("cls", "mean"),
+                        help="what every fine-tuned model's answer head reads (VQAOptions.pooling)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the data splits (and, by default, fine-tuning)")
+    parser.add_argument("--fit-seed", type=int, help="fine-tuning seed only (default --seed): runs of several seeds "
+                        "on one split, against one pretraining run")
     parser.add_argument("--out", type=Path, default=Path("runs/vqa-bench/results.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

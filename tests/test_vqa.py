@@ -195,6 +195,28 @@ def test_model_gradients_on_both_encoders(variant, pos_dim):
     torch.testing.assert_close(text_only.eval()(batch), text_only(changed))
 
 
+@pytest.mark.parametrize("variant", ["single-tiny", "dual-tiny"])
+def test_mean_pooling_reads_the_real_states_only(variant):
+    torch.manual_seed(0)
+    encoder = create_model(variant, region_feat_dim=6).eval()
+    model = VQAModel(encoder, VQAHead(encoder.hidden_size, 4), pooling="mean").eval()
+    batch = {"input_ids": torch.randint(1000, 2000, (2, 5)),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]),
+             "region_feats": torch.randn(2, 3, 6), "region_pos": torch.rand(2, 3, encoder.config.region_pos_dim),
+             "region_mask": torch.tensor([[1, 1, 0], [1, 1, 1]])}
+    out = encoder(batch)
+    text = out.text_hidden * batch["attention_mask"][..., None]
+    regions = out.region_hidden * batch["region_mask"][..., None]
+    by_hand = (text.sum(1) + regions.sum(1)) / torch.tensor([[7.0], [6.0]])  # (B, H): 5+2 and 3+3 real states
+    torch.testing.assert_close(model(batch), model.head(by_hand))
+    # what sits in padded positions cannot change the answer
+    noisy = dict(batch, region_feats=batch["region_feats"].clone())
+    noisy["region_feats"][0, 2] = 100.0
+    torch.testing.assert_close(model(batch), model(noisy))
+    with pytest.raises(ValueError, match="pooling"):
+        VQAModel(encoder, model.head, pooling="max")
+
+
 def test_collate_pads_and_scatters_targets():
     items = [
         {"input_ids": np.array([101, 7, 102]), "labels": np.array([2]), "scores": np.array([0.9], np.float32),

@@ -61,6 +61,7 @@ _HEAD_FILE = "head.safetensors"
 _EXTRACTOR_DIR = "extractor"
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CACHED_IMAGES = 1024  # region arrays kept in memory per data set (a 36 x 2048 float32 image is 0.3 MB)
+_POOLINGS = ("cls", "mean")
 _THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01)  # 1.01: the top answer alone
 
 
@@ -75,6 +76,7 @@ class VQAOptions:
     max_text_len: int = 24  # question tokens incl. [CLS] and [SEP]
     max_regions: int = 36  # regions per image (the store's first ones, i.e. the most confident)
     use_regions: bool = True  # False: a question-only model that never sees the image
+    pooling: str = "cls"  # head input: "cls" (the encoder's pooled [CLS]) or "mean" (all real token/region states)
     set_threshold: float = 0.5  # gold-set data: answers with probability >= this join the top answer's set
     extractor: str = ""  # region extractor for raw images (variant, YAML or saved folder); "" = the store's
     extractor_hash: str = ""  # config hash of the extractor behind the training features (checked by predict)
@@ -338,6 +340,9 @@ class VQAModel(nn.Module):
         encoder: a :class:`~vlptm.models.SingleStreamEncoder` or :class:`~vlptm.models.DualStreamEncoder`.
         head: the answer head.
         use_regions: False ignores any region keys of the batch (question-only model).
+        pooling: what the head reads: ``"cls"``, the encoder's ``pooled`` (BERT's pooler on [CLS]), or
+            ``"mean"``, the mean of every real question-token and region state (the pooling sentence encoders
+            such as all-MiniLM-L6-v2 were trained with; their [CLS] pooler was not).
 
     Example:
         >>> from vlptm.models import create_model
@@ -349,13 +354,17 @@ class VQAModel(nn.Module):
         torch.Size([2, 4])
     """
 
-    def __init__(self, encoder: VisionLanguageEncoder, head: VQAHead, use_regions: bool = True) -> None:
+    def __init__(self, encoder: VisionLanguageEncoder, head: VQAHead, use_regions: bool = True,
+                 pooling: str = "cls") -> None:
         super().__init__()
         if head.dense.in_features != encoder.hidden_size:
             raise ValueError(f"head width {head.dense.in_features} != encoder hidden size {encoder.hidden_size}")
+        if pooling not in _POOLINGS:
+            raise ValueError(f"pooling must be one of {_POOLINGS}, got {pooling!r}")
         self.encoder = encoder
         self.head = head
         self.use_regions = use_regions
+        self.pooling = pooling
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         """``(B, A)`` answer logits of a :func:`collate_vqa` batch."""
@@ -367,7 +376,16 @@ class VQAModel(nn.Module):
             raise ValueError("this VQA model uses regions, but the batch has no region_feats")
         if inputs.get("region_pos") is not None and inputs["region_pos"].shape[-1] == 0:
             inputs.pop("region_pos")
-        pooled = self.encoder(inputs).pooled  # (B, H)
+        out = self.encoder(inputs)
+        if self.pooling == "cls":
+            return self.head(out.pooled)  # (B, A)
+        # padded rows of text_hidden / region_hidden are zeros, so a sum over all rows sums the real ones
+        states = torch.cat([out.text_hidden, out.region_hidden], dim=1).float()  # (B, T+R, H)
+        masks = [inputs.get("attention_mask", torch.ones(out.text_hidden.shape[:2], device=states.device))]
+        if out.region_hidden.shape[1]:
+            masks.append(inputs.get("region_mask", torch.ones(out.region_hidden.shape[:2], device=states.device)))
+        count = sum(m.float().sum(dim=1, keepdim=True) for m in masks).clamp_min(1.0)  # (B, 1)
+        pooled = (states.sum(dim=1) / count).to(out.pooled.dtype)  # (B, H)
         return self.head(pooled)  # (B, A)
 
 
@@ -493,7 +511,7 @@ class VQAFineTuner:
         if head is None:
             cfg = self.encoder.config
             head = VQAHead(cfg.hidden_size, len(self.answers), cfg.layer_norm_eps, cfg.initializer_range)
-        self.model = VQAModel(self.encoder, head, self.options.use_regions)
+        self.model = VQAModel(self.encoder, head, self.options.use_regions, self.options.pooling)
 
     @property
     def tokenizer(self) -> Any:
