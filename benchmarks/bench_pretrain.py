@@ -29,11 +29,11 @@ Run (``--max-steps`` sets the schedule: about what fits in ``--minutes`` on the 
         --heldout runs/heldout-1k/captions.json=runs/heldout-1k/store \\
         --flickr-features runs/flickr8k-grid --coco-features runs/coco-mini-grid --out runs/pretrain-bench
 
-Measured (2026-11-30, OMP_NUM_THREADS=1 beside another 1-thread job on the 2-core machine; the recipe with
-``tasks.itc_pooling: regions``): scene world 3,500 steps in 20.1 min, held-out R@1 34.2%, R@5 68.4%,
-R@10 83.4% (by caption kind: listing 99.8, location 85.3, colour counts 78.2, shape counts 78.2, relation
-73.3); MLM 0.542, MRC 0.491, ITM 0.639. Mean pooling (the recipe before, 4,500 steps under the same load):
-R@1 32.7%, R@10 73.0%, location captions 30.8. Real photos (3x3 grid features, 1,381 steps in 10 min):
+Measured (2026-11-30, OMP_NUM_THREADS=1 beside another 1-thread job on the 2-core machine; the recipe as
+committed, ITC with ``tasks.itc_pooling: regions``): scene world 4,500 steps in 17.0 min, held-out R@1 35.9%,
+R@5 72.1%, R@10 86.9% (by caption kind: listing 99.7, location 91.5, colour counts 83.6, shape counts 80.4,
+relation 76.7); MLM 0.590, MRC 0.674, ITM 0.676. Mean pooling (the recipe before, 4,500 steps under the same
+load): R@1 32.7%, R@10 73.0%, location captions 30.8. Real photos (3x3 grid features, 1,381 steps in 10 min):
 R@1 16.2%, R@10 57.6% (mean pooling, 1,505 steps: 19.6% / 61.8%). On an H200 (benchmarks/cuda_check.sh,
 bf16, 2.5-minute limit): 5,329 steps, R@1 36.2%, R@10 88.2%.
 """
