@@ -286,6 +286,34 @@ def test_region_pooled_itc_scores_by_the_best_region_and_ignores_padding(model_n
     assert torch.isfinite(out["itc"]) and torch.isfinite(out["itm"])
 
 
+@pytest.mark.parametrize("model_name", ["single-tiny", "dual-tiny"])
+def test_itm_on_the_mean_state_learns_and_ignores_padding(model_name):
+    torch.manual_seed(0)
+    encoder = create_model(model_name, region_feat_dim=D, vocab_size=1200, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0)
+    model = PretrainingModel(encoder, ["itm"], itm_pooling="mean")
+    batch = _fixed_batch(encoder.config.region_pos_dim)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(40):
+        loss = model(batch, ["itm"])["itm"]
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert min(losses[-5:]) < 0.7 * losses[0], losses
+    model.eval()
+    pairs = {key: batch[key] for key in ("input_ids", "attention_mask", "region_feats", "region_pos", "region_mask")}
+    padded = dict(pairs, input_ids=torch.cat([pairs["input_ids"], torch.zeros(B, 3, dtype=torch.long)], 1),
+                  attention_mask=torch.cat([pairs["attention_mask"], torch.zeros(B, 3, dtype=torch.long)], 1))
+    with torch.no_grad():
+        probs = model.match_probability(pairs)  # (B,)
+        out = model.encoder(pairs)
+        mean = torch.cat([out.text_hidden, out.region_hidden], 1).mean(1)  # every position is real here
+        assert torch.allclose(probs, model.itm.head(mean).softmax(-1)[:, 1], atol=1e-5)
+        assert torch.allclose(model.match_probability(padded), probs, atol=1e-5)
+
+
 def test_mrc_needs_class_probabilities():
     with pytest.raises(ValueError, match="class probabilities"):
         PretrainingModel(create_model("single-tiny", region_feat_dim=D, vocab_size=1200), ["mrc"], num_region_classes=0)

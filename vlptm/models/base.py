@@ -44,6 +44,18 @@ class EncoderOutput:
     pooled: Tensor
     cross_attentions: Optional[Tuple[Tensor, ...]] = None
 
+    def mean_state(self, attention_mask: Optional[Tensor] = None, region_mask: Optional[Tensor] = None) -> Tensor:
+        """``(B, H)`` mean of every real text and region state (a summary of a joint pass beside ``pooled``).
+
+        Padded rows are zeros, so the sum over all rows is the sum over the real ones; the masks (default:
+        every position real) give the count.
+        """
+        states = torch.cat([self.text_hidden, self.region_hidden], dim=1).float()  # (B, T+R, H)
+        count = states.new_zeros(states.shape[0], 1)  # (B, 1)
+        for hidden, mask in ((self.text_hidden, attention_mask), (self.region_hidden, region_mask)):
+            count += mask.float().sum(dim=1, keepdim=True) if mask is not None else float(hidden.shape[1])
+        return (states.sum(dim=1) / count.clamp_min(1.0)).to(self.pooled.dtype)  # (B, H)
+
 
 @dataclass
 class _Inputs:

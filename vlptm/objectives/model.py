@@ -18,7 +18,7 @@ E embedding size, C detector classes.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,7 @@ from vlptm.objectives.mrm import MRM_TASKS, MaskedRegionModeling
 TASKS = ("mlm",) + MRM_TASKS + ("itm", "itc")
 MASKING_MODES = ("conditional", "joint")
 ITM_NEGATIVES = ("random", "hard")
+ITM_POOLINGS = ("cls", "mean")
 
 _TEXT = ("input_ids", "attention_mask", "token_type_ids")
 _REGIONS = ("region_feats", "region_pos", "region_mask")
@@ -56,6 +57,8 @@ class PretrainingModel(nn.Module):
         itc_temperature: initial ITC temperature.
         itc_pooling: ``"mean"`` (one vector per image) or ``"regions"`` (one per region, scored by the
             maximum; see :mod:`vlptm.objectives.itc`).
+        itm_pooling: what the ITM head reads from the joint pass: ``"cls"`` (the encoder's pooled [CLS], as
+            BERT, UNITER and LXMERT) or ``"mean"`` (the mean of every real token and region state).
 
     Example:
         >>> import torch
@@ -69,13 +72,15 @@ class PretrainingModel(nn.Module):
 
     def __init__(self, encoder: VisionLanguageEncoder, tasks: Sequence[str], *, num_region_classes: int = 0,
                  masking: str = "conditional", itm_negatives: str = "random", itc_embed_dim: int = 256,
-                 itc_temperature: float = 0.07, itc_pooling: str = "mean") -> None:
+                 itc_temperature: float = 0.07, itc_pooling: str = "mean", itm_pooling: str = "cls") -> None:
         super().__init__()
         unknown = sorted(set(tasks) - set(TASKS))
         if unknown or not tasks:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}; unknown: {unknown}")
         if masking not in MASKING_MODES:
             raise ValueError(f"masking must be one of {MASKING_MODES}, got {masking!r}")
+        if itm_pooling not in ITM_POOLINGS:
+            raise ValueError(f"itm_pooling must be one of {ITM_POOLINGS}, got {itm_pooling!r}")
         if itm_negatives not in ITM_NEGATIVES:
             raise ValueError(f"itm_negatives must be one of {ITM_NEGATIVES}, got {itm_negatives!r}")
         if {"mrc", "mrc_kl"} & set(tasks) and num_region_classes <= 0:
@@ -87,6 +92,7 @@ class PretrainingModel(nn.Module):
         self.tasks = tuple(tasks)
         self.masking = masking
         self.itm_negatives = itm_negatives
+        self.itm_pooling = itm_pooling
         self.mlm = (MaskedLanguageModeling(hidden, config.vocab_size, encoder.get_input_embeddings())
                     if "mlm" in tasks else None)
         self.mrm = (MaskedRegionModeling(hidden, config.region_feat_dim, num_region_classes)
@@ -115,6 +121,17 @@ class PretrainingModel(nn.Module):
                                                     device=inputs["region_feats"].device))  # (B, R)
         states = self.encoder(inputs).region_hidden  # (B, R, H)
         return self.itc.embed_image(masked_mean(states, mask), states, mask)
+
+    # -- matching ---------------------------------------------------------------------------------------
+    def itm_summary(self, output: Any, inputs: Mapping[str, Tensor]) -> Tensor:
+        """``(B, H)``: what the ITM head reads from a joint pass's output (see ``itm_pooling``)."""
+        if self.itm_pooling == "cls":
+            return output.pooled
+        return output.mean_state(inputs.get("attention_mask"), inputs.get("region_mask"))
+
+    def match_probability(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """Joint pass over text-image pairs -> ``(B,)`` ITM probabilities that each text describes its image."""
+        return self.itm.score(self.itm_summary(self.encoder(inputs), inputs))
 
     # -- training -----------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Tensor], tasks: Optional[Sequence[str]] = None) -> Dict[str, Tensor]:
@@ -191,7 +208,7 @@ class PretrainingModel(nn.Module):
             # (a batch with no in-batch negative for some pair, e.g. one image's captions only, takes the
             # data's random negatives)
             inputs = {key: batch["itm_" + key] for key in _TEXT + _REGIONS}
-            return self.itm(self.encoder(inputs).pooled, batch["itm_labels"])
+            return self.itm(self.itm_summary(self.encoder(inputs), inputs), batch["itm_labels"])
         image_for_text, text_for_image = sample_hard_negatives(similarity, images, exclude=same_text)  # (B,), (B,)
         own = torch.arange(size, device=similarity.device)  # (B,)
         text_rows = torch.cat([own, own, text_for_image])  # (3B,) positives, hard images, hard texts
@@ -200,4 +217,4 @@ class PretrainingModel(nn.Module):
         inputs.update({key: batch[key][image_rows] for key in _REGIONS if batch.get(key) is not None})
         labels = torch.zeros(3 * size, dtype=torch.long, device=similarity.device)  # (3B,)
         labels[:size] = 1
-        return self.itm(self.encoder(inputs).pooled, labels)
+        return self.itm(self.itm_summary(self.encoder(inputs), inputs), labels)

@@ -284,8 +284,7 @@ class RetrievalModel:
             batch = self.text_batch([text_ids[t] for t in pairs[rows, 0]])
             batch.update(self.region_batch([regions[i] for i in pairs[rows, 1]]))
             with _autocast(self.device, self.autocast_dtype):
-                pooled = self.net.encoder(batch).pooled  # (b, H)
-                probs = self.net.itm.score(pooled)  # (b,)
+                probs = self.net.match_probability(batch)  # (b,)
             out[rows] = probs.float().cpu().numpy()
         return out
 
@@ -312,6 +311,6 @@ class RetrievalModel:
         attention = attention[1:-1, : len(regions.feats)]  # (T', r) without [CLS] and [SEP]
         attention = attention / attention.sum(dim=1, keepdim=True).clamp_min(1e-12)  # (T', r)
         tokens = self.tokenizer.convert_ids_to_tokens(ids[0][1:-1].tolist())
-        score = float(self.net.itm.score(output.pooled)[0]) if self.has_itm else float("nan")
+        score = float(self.net.itm.score(self.net.itm_summary(output, batch))[0]) if self.has_itm else float("nan")
         return tokens, attention.cpu().numpy(), score
 

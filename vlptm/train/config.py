@@ -59,6 +59,7 @@ class TaskConfig:
     itc_embed_dim: int = 256  # size of the retrieval embeddings
     itc_temperature: float = 0.07  # initial ITC temperature
     itc_pooling: str = "mean"  # "mean": one vector per image; "regions": one per region, scored by the max
+    itm_pooling: str = "cls"  # ITM head input: "cls" (pooled [CLS]) or "mean" (all real token/region states)
 
 
 @dataclass

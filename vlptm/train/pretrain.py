@@ -90,7 +90,8 @@ def build_model(cfg: PretrainConfig, feature_dim: int, num_region_classes: int) 
     return PretrainingModel(encoder, tasks=list(TaskSchedule(cfg.tasks.weights).tasks),
                             num_region_classes=num_region_classes, masking=cfg.masking.mode,
                             itm_negatives=cfg.tasks.itm_negatives, itc_embed_dim=cfg.tasks.itc_embed_dim,
-                            itc_temperature=cfg.tasks.itc_temperature, itc_pooling=cfg.tasks.itc_pooling)
+                            itc_temperature=cfg.tasks.itc_temperature, itc_pooling=cfg.tasks.itc_pooling,
+                            itm_pooling=cfg.tasks.itm_pooling)
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -272,6 +273,6 @@ def load_pretraining_model(path: str) -> PretrainingModel:
                              num_region_classes=int(class_head.shape[0]) if class_head is not None else 0,
                              masking=cfg.masking.mode, itm_negatives=cfg.tasks.itm_negatives,
                              itc_embed_dim=cfg.tasks.itc_embed_dim, itc_temperature=cfg.tasks.itc_temperature,
-                             itc_pooling=cfg.tasks.itc_pooling)
+                             itc_pooling=cfg.tasks.itc_pooling, itm_pooling=cfg.tasks.itm_pooling)
     ckpt.load_model_weights(model, checkpoint, strict=True)
     return model.eval()
