@@ -30,12 +30,14 @@ Run (``--max-steps`` sets the schedule: about what fits in ``--minutes`` on the 
         --flickr-features runs/flickr8k-grid --coco-features runs/coco-mini-grid --out runs/pretrain-bench
 
 Measured (2026-11-30, OMP_NUM_THREADS=1 beside another 1-thread job on the 2-core machine; the recipe as
-committed, ITC with ``tasks.itc_pooling: regions``): scene world 4,500 steps in 17.0 min, held-out R@1 35.9%,
-R@5 72.1%, R@10 86.9% (by caption kind: listing 99.7, location 91.5, colour counts 83.6, shape counts 80.4,
-relation 76.7); MLM 0.590, MRC 0.674, ITM 0.676. Mean pooling (the recipe before, 4,500 steps under the same
-load): R@1 32.7%, R@10 73.0%, location captions 30.8. Real photos (3x3 grid features, 1,381 steps in 10 min):
-R@1 16.2%, R@10 57.6% (mean pooling, 1,505 steps: 19.6% / 61.8%). On an H200 (benchmarks/cuda_check.sh,
-bf16, 2.5-minute limit): 5,329 steps, R@1 36.2%, R@10 88.2%.
+committed: ITC with ``tasks.itc_pooling: regions``, ITM on ``tasks.itm_pooling: mean``): scene world 4,500
+steps in 18.8 min, held-out R@1 35.6%, R@5 71.7%, R@10 86.0% (by caption kind: listing 99.6, location 90.0,
+colour counts 83.8, shape counts 80.8, relation 72.7); MLM 0.601, MRC 0.645, ITM 0.776 (0.676 with ITM on
+[CLS], R@10 86.9%). Mean ITC pooling (the recipe before, 4,500 steps under the same load): R@1 32.7%,
+R@10 73.0%, location captions 30.8. Real photos (3x3 grid features, region-pooled ITC on [CLS] ITM, 1,381 steps
+in 10 min): R@1 16.2%, R@10 57.6% (mean pooling, 1,505 steps: 19.6% / 61.8%). On an H200
+(benchmarks/cuda_check.sh, bf16, 2.5-minute limit, region-pooled ITC on [CLS] ITM): 5,329 steps, R@1 36.2%,
+R@10 88.2%.
 """
 from __future__ import annotations
 
