@@ -379,14 +379,7 @@ class VQAModel(nn.Module):
         out = self.encoder(inputs)
         if self.pooling == "cls":
             return self.head(out.pooled)  # (B, A)
-        # padded rows of text_hidden / region_hidden are zeros, so a sum over all rows sums the real ones
-        states = torch.cat([out.text_hidden, out.region_hidden], dim=1).float()  # (B, T+R, H)
-        masks = [inputs.get("attention_mask", torch.ones(out.text_hidden.shape[:2], device=states.device))]
-        if out.region_hidden.shape[1]:
-            masks.append(inputs.get("region_mask", torch.ones(out.region_hidden.shape[:2], device=states.device)))
-        count = sum(m.float().sum(dim=1, keepdim=True) for m in masks).clamp_min(1.0)  # (B, 1)
-        pooled = (states.sum(dim=1) / count).to(out.pooled.dtype)  # (B, H)
-        return self.head(pooled)  # (B, A)
+        return self.head(out.mean_state(inputs.get("attention_mask"), inputs.get("region_mask")))  # (B, A)
 
 
 def vqa_loss(logits: Tensor, targets: Tensor) -> Dict[str, Tensor]:
