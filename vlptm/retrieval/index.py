@@ -148,6 +148,7 @@ class EmbeddingIndex:
         self._label: Dict[str, List[int]] = {}  # id -> its labels (one per vector of its set)
         self._payload: Dict[str, str] = {}  # id -> image path / caption
         self._hidden: set = set()  # labels removed from the id map but still inside the FAISS index
+        self._owner: Optional[np.ndarray] = None  # label -> first label of its id (-1: removed); built lazily
         self._vectors = np.zeros((0, self.dim), dtype=np.float32)  # (N, E) by label when keep_vectors
         self._apply_search_params()
 
@@ -253,6 +254,7 @@ class EmbeddingIndex:
             self.train(array)
         labels = np.arange(len(self._ids), len(self._ids) + len(array), dtype=np.int64)
         self._index.add_with_ids(array, labels)
+        self._owner = None
         start = int(labels[0])
         for key, size in zip(keys, sizes):
             self._ids.extend([key] * size)
@@ -276,6 +278,7 @@ class EmbeddingIndex:
             self._index.remove_ids(label_array)
         except RuntimeError:
             self._hidden.update(label_array.tolist())
+        self._owner = None
         for label in label_array.tolist():
             self._ids[label] = None
         for key in keys:
@@ -367,23 +370,31 @@ class EmbeddingIndex:
             out_ids.append([key for key, _ in ranked])
         return out_scores, out_ids
 
+    def _owners(self) -> np.ndarray:
+        """``(labels,)`` int64: each label's id, as the first label of that id (-1 once removed)."""
+        if self._owner is None:
+            owner = np.full(len(self._ids), -1, dtype=np.int64)
+            for labels in self._label.values():
+                owner[labels] = labels[0]
+            self._owner = owner
+        return self._owner
+
     def _best_ids(self, rows: np.ndarray, wanted: int) -> List[List[Tuple[str, float]]]:
         """For each query row, at least ``wanted`` distinct live ids (all, when fewer) with their best score,
         best first; FAISS is asked for more rows until hidden labels and sets' extra vectors leave enough."""
         per_id = max(1, -(-(self.ntotal - len(self._hidden)) // max(1, len(self._label))))  # mean set size
         fetch = min(self.ntotal, wanted * per_id + len(self._hidden))
+        owners = self._owners()
         while True:
-            scores, labels = self._index.search(rows, fetch)  # (r, fetch)
+            scores, labels = self._index.search(rows, fetch)  # (r, fetch), best first
+            owner = np.where(labels >= 0, owners[np.maximum(labels, 0)], -1)  # (r, fetch) id of each hit
             found: List[List[Tuple[str, float]]] = []
-            for row_labels, row_scores in zip(labels.tolist(), scores.tolist()):
-                seen: Dict[str, float] = {}
-                for label, score in zip(row_labels, row_scores):
-                    if label < 0 or label in self._hidden:
-                        continue
-                    key = self._ids[label]
-                    if key is not None and key not in seen:
-                        seen[key] = score
-                found.append(list(seen.items()))
+            for row_owner, row_scores in zip(owner, scores):
+                live = row_owner >= 0
+                row_owner, row_scores = row_owner[live], row_scores[live]
+                _, first = np.unique(row_owner, return_index=True)  # each id's first (= best) hit
+                first.sort()
+                found.append([(self._ids[o], float(v)) for o, v in zip(row_owner[first], row_scores[first])])
             if fetch >= self.ntotal or min(len(f) for f in found) >= min(wanted, len(self._label)):
                 return found
             fetch = min(self.ntotal, 2 * fetch)  # hidden labels or big sets crowded the ids out: look further
@@ -469,6 +480,7 @@ class EmbeddingIndex:
             if key is not None:
                 self._label.setdefault(key, []).append(label)
         self._hidden = set(int(v) for v in ids.get("hidden", []))
+        self._owner = None
         self._payload = dict(ids.get("payloads", {}))
         if self.keep_vectors:
             self._vectors = np.load(path / VECTORS_FILE, mmap_mode="r" if mmap_vectors else None)
