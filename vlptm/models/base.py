@@ -13,10 +13,12 @@ from torch.utils.checkpoint import checkpoint
 
 from vlptm.models import hub
 from vlptm.models.config import EncoderConfig
-from vlptm.models.layers import RegionEmbeddings, TextEmbeddings
+from vlptm.models.layers import RegionEmbeddings, TextEmbeddings, masked_mean
 
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 REGION_KEYS = ("region_feats", "region_pos", "region_mask", "region_masked")
+
+SUMMARY_POOLINGS = ("cls", "mean")  # what EncoderOutput.summary can give a head
 
 _E = TypeVar("_E", bound="VisionLanguageEncoder")
 
@@ -44,17 +46,23 @@ class EncoderOutput:
     pooled: Tensor
     cross_attentions: Optional[Tuple[Tensor, ...]] = None
 
-    def mean_state(self, attention_mask: Optional[Tensor] = None, region_mask: Optional[Tensor] = None) -> Tensor:
-        """``(B, H)`` mean of every real text and region state (a summary of a joint pass beside ``pooled``).
+    def summary(self, pooling: str, attention_mask: Optional[Tensor] = None,
+                region_mask: Optional[Tensor] = None) -> Tensor:
+        """``(B, H)`` summary of a joint pass for a head (ITM, VQA).
 
-        Padded rows are zeros, so the sum over all rows is the sum over the real ones; the masks (default:
-        every position real) give the count.
+        Args:
+            pooling: ``"cls"``: :attr:`pooled` (BERT's pooler on [CLS], what BERT, UNITER and LXMERT heads
+                read); ``"mean"``: the mean of every real text and region state.
+            attention_mask, region_mask: ``(B, T)`` / ``(B, R)`` 1 for real positions (default: all real).
         """
+        if pooling not in SUMMARY_POOLINGS:
+            raise ValueError(f"pooling must be one of {SUMMARY_POOLINGS}, got {pooling!r}")
+        if pooling == "cls":
+            return self.pooled
+        masks = [m if m is not None else torch.ones(h.shape[:2], device=h.device)
+                 for h, m in ((self.text_hidden, attention_mask), (self.region_hidden, region_mask))]
         states = torch.cat([self.text_hidden, self.region_hidden], dim=1).float()  # (B, T+R, H)
-        count = states.new_zeros(states.shape[0], 1)  # (B, 1)
-        for hidden, mask in ((self.text_hidden, attention_mask), (self.region_hidden, region_mask)):
-            count += mask.float().sum(dim=1, keepdim=True) if mask is not None else float(hidden.shape[1])
-        return (states.sum(dim=1) / count.clamp_min(1.0)).to(self.pooled.dtype)  # (B, H)
+        return masked_mean(states, torch.cat(masks, dim=1)).to(self.pooled.dtype)  # (B, H)
 
 
 @dataclass

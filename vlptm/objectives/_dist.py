@@ -84,19 +84,13 @@ def gather_with_local_grad(x: Tensor) -> Tuple[Tensor, int]:
     return torch.cat(parts, dim=0), rank() * x.shape[0]  # (G, E)
 
 
-def pad_rows_across_ranks(x: Tensor) -> Tensor:
-    """``(b, R, F)`` sets padded to the largest ``R`` of any rank by repeating each set's first row.
-
-    A repeated row leaves a maximum over the set unchanged, so padded sets score as the originals.
-    """
+def global_max(value: int) -> int:
+    """The largest ``value`` any rank passes (``value`` itself without distribution)."""
     if not is_distributed():
-        return x
-    size = torch.tensor([x.shape[1]], device=collective_device())
+        return int(value)
+    size = torch.tensor([int(value)], device=collective_device())
     dist.all_reduce(size, op=dist.ReduceOp.MAX)
-    extra = int(size.item()) - x.shape[1]
-    if extra <= 0:
-        return x
-    return torch.cat([x, x[:, :1].expand(-1, extra, -1)], dim=1)  # (b, R', F)
+    return int(size.item())
 
 
 def all_reduce_mean(x: Tensor) -> Tensor:

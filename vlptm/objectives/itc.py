@@ -8,9 +8,11 @@ the image's global (mean) vector and that region's own projected state, and the 
 two projections of its mean state. The score is the maximum over the image's vectors:
 ``(cos(text_g, image_g) + max_r cos(text_l, region_r)) / 2``. A caption that names one object of a busy image
 then matches that object's region instead of the diluted image mean. These are the embeddings a retrieval
-index stores (one row per region in the second case). The loss is the symmetric InfoNCE of CLIP over every pair of the global batch: embeddings are
-all-gathered from every rank, only this rank's rows keep their gradient, and the gradient is scaled by the
-world size so that DDP's gradient averaging reproduces the single-process gradient exactly.
+index stores (one row per region in the second case).
+
+The loss is the symmetric InfoNCE of CLIP over every pair of the global batch: embeddings are all-gathered
+from every rank, only this rank's rows keep their gradient, and the gradient is scaled by the world size so
+that DDP's gradient averaging reproduces the single-process gradient exactly.
 
 Shape legend: b local batch, G global batch (all ranks), H hidden size, E projection size, F output
 embedding size (E, or 2E with region pooling), R regions.
@@ -24,18 +26,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlptm.objectives._dist import gather_with_local_grad, pad_rows_across_ranks, scale_grad, world_size
+from vlptm.objectives._dist import gather_with_local_grad, global_max, scale_grad, world_size
 
 POOLINGS = ("mean", "regions")
 
 
+def pad_sets(sets: Tensor, rows: int) -> Tensor:
+    """``(B, R, F)`` region sets padded to ``rows`` rows by repeating each set's first row: a repeated row
+    leaves the maximum over a set unchanged, so padded sets score as the originals."""
+    extra = rows - sets.shape[1]
+    return sets if extra <= 0 else torch.cat([sets, sets[:, :1].expand(-1, extra, -1)], dim=1)  # (B, rows, F)
+
+
 def concat_image_embeddings(parts: Sequence[Tensor]) -> Tensor:
     """Concatenate batches of image embeddings: ``(b_i, F)`` -> ``(B, F)``; region sets ``(b_i, R_i, F)`` are
-    first padded to the largest ``R_i`` by repeating each set's first row -> ``(B, R, F)``."""
+    first padded to the largest ``R_i`` (:func:`pad_sets`) -> ``(B, R, F)``."""
     if not parts or parts[0].dim() == 2:
         return torch.cat(list(parts))
     rows = max(part.shape[1] for part in parts)
-    return torch.cat([torch.cat([p, p[:, :1].expand(-1, rows - p.shape[1], -1)], dim=1) for p in parts])
+    return torch.cat([pad_sets(part, rows) for part in parts])
 
 
 class ImageTextContrastive(nn.Module):
@@ -138,7 +147,7 @@ class ImageTextContrastive(nn.Module):
         """
         all_text, _ = gather_with_local_grad(text_emb)  # (G, F)
         if image_emb.dim() == 3:  # region sets: every rank pads its sets to the largest R first
-            image_emb = pad_rows_across_ranks(image_emb)  # (b, R', F)
+            image_emb = pad_sets(image_emb, global_max(image_emb.shape[1]))  # (b, R', F)
         all_image, _ = gather_with_local_grad(image_emb)  # (G, F) or (G, R', F)
         logits = self.logits(all_text, all_image)  # (G, G)
         size = logits.shape[0]

@@ -66,6 +66,10 @@ class ImageTextMatching(nn.Module):
         return {"itm": global_mean(losses), "itm_acc": accuracy.detach()}
 
 
+class NoNegativeCandidates(ValueError):
+    """Some pair of the batch has no allowed in-batch negative (e.g. the batch holds a single image)."""
+
+
 def sample_hard_negatives(similarity: Tensor, pair_ids: Optional[Tensor] = None,
                           generator: Optional[torch.Generator] = None,
                           exclude: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
@@ -84,7 +88,7 @@ def sample_hard_negatives(similarity: Tensor, pair_ids: Optional[Tensor] = None,
         ``softmax(similarity)`` over the allowed candidates. Requires ``B >= 2`` and at least two images.
 
     Raises:
-        ValueError: a row has no allowed candidate (e.g. the batch holds a single image).
+        NoNegativeCandidates: a row has no allowed candidate (e.g. the batch holds a single image).
     """
     sim = similarity.detach().float()  # (B, B)
     size = sim.shape[0]
@@ -94,7 +98,8 @@ def sample_hard_negatives(similarity: Tensor, pair_ids: Optional[Tensor] = None,
     if exclude is not None:
         same = same | exclude
     if same.all(dim=1).any():
-        raise ValueError("hard negatives need at least two different images in the batch")
+        raise NoNegativeCandidates("hard negatives need, for every pair, another image with another caption "
+                                   "in the batch")
     weights_t2i = sim.masked_fill(same, float("-inf")).softmax(dim=1)  # (B, B)
     weights_i2t = sim.t().masked_fill(same, float("-inf")).softmax(dim=1)  # (B, B)
     image_for_text = torch.multinomial(weights_t2i, 1, generator=generator).squeeze(1)  # (B,)

@@ -23,10 +23,10 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from vlptm.models.base import VisionLanguageEncoder
+from vlptm.models.base import SUMMARY_POOLINGS, VisionLanguageEncoder
 from vlptm.models.layers import masked_mean
 from vlptm.objectives.itc import ImageTextContrastive
-from vlptm.objectives.itm import ImageTextMatching, sample_hard_negatives
+from vlptm.objectives.itm import ImageTextMatching, NoNegativeCandidates, sample_hard_negatives
 from vlptm.objectives.masking import IGNORE_INDEX
 from vlptm.objectives.mlm import MaskedLanguageModeling
 from vlptm.objectives.mrm import MRM_TASKS, MaskedRegionModeling
@@ -34,7 +34,6 @@ from vlptm.objectives.mrm import MRM_TASKS, MaskedRegionModeling
 TASKS = ("mlm",) + MRM_TASKS + ("itm", "itc")
 MASKING_MODES = ("conditional", "joint")
 ITM_NEGATIVES = ("random", "hard")
-ITM_POOLINGS = ("cls", "mean")
 
 _TEXT = ("input_ids", "attention_mask", "token_type_ids")
 _REGIONS = ("region_feats", "region_pos", "region_mask")
@@ -79,8 +78,8 @@ class PretrainingModel(nn.Module):
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}; unknown: {unknown}")
         if masking not in MASKING_MODES:
             raise ValueError(f"masking must be one of {MASKING_MODES}, got {masking!r}")
-        if itm_pooling not in ITM_POOLINGS:
-            raise ValueError(f"itm_pooling must be one of {ITM_POOLINGS}, got {itm_pooling!r}")
+        if itm_pooling not in SUMMARY_POOLINGS:
+            raise ValueError(f"itm_pooling must be one of {SUMMARY_POOLINGS}, got {itm_pooling!r}")
         if itm_negatives not in ITM_NEGATIVES:
             raise ValueError(f"itm_negatives must be one of {ITM_NEGATIVES}, got {itm_negatives!r}")
         if {"mrc", "mrc_kl"} & set(tasks) and num_region_classes <= 0:
@@ -125,9 +124,7 @@ class PretrainingModel(nn.Module):
     # -- matching ---------------------------------------------------------------------------------------
     def itm_summary(self, output: Any, inputs: Mapping[str, Tensor]) -> Tensor:
         """``(B, H)``: what the ITM head reads from a joint pass's output (see ``itm_pooling``)."""
-        if self.itm_pooling == "cls":
-            return output.pooled
-        return output.mean_state(inputs.get("attention_mask"), inputs.get("region_mask"))
+        return output.summary(self.itm_pooling, inputs.get("attention_mask"), inputs.get("region_mask"))
 
     def match_probability(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """Joint pass over text-image pairs -> ``(B,)`` ITM probabilities that each text describes its image."""
@@ -195,21 +192,22 @@ class PretrainingModel(nn.Module):
         return out
 
     def _matching(self, batch: Mapping[str, Tensor], similarity: Optional[Tensor]) -> Dict[str, Tensor]:
+        if self.itm_negatives == "hard":
+            try:
+                return self._hard_matching(batch, similarity)
+            except NoNegativeCandidates:  # e.g. a batch of one image's captions: the data's random pairs
+                pass
+        inputs = {key: batch["itm_" + key] for key in _TEXT + _REGIONS}
+        return self.itm(self.itm_summary(self.encoder(inputs), inputs), batch["itm_labels"])
+
+    def _hard_matching(self, batch: Mapping[str, Tensor], similarity: Tensor) -> Dict[str, Tensor]:
         input_ids = batch["input_ids"]
         size = input_ids.shape[0]
-        images = batch.get("image_index")
         # the same caption given to two images (generic ones such as "one red shape." often are) makes each
         # image a positive for the other's text: such pairs are never sampled as negatives
         same_text = (input_ids[:, None, :] == input_ids[None, :, :]).all(dim=-1)  # (B, B)
-        allowed = ~same_text
-        if images is not None:
-            allowed &= images[:, None] != images[None, :]
-        if self.itm_negatives == "random" or not bool(allowed.any(dim=1).all()):
-            # (a batch with no in-batch negative for some pair, e.g. one image's captions only, takes the
-            # data's random negatives)
-            inputs = {key: batch["itm_" + key] for key in _TEXT + _REGIONS}
-            return self.itm(self.itm_summary(self.encoder(inputs), inputs), batch["itm_labels"])
-        image_for_text, text_for_image = sample_hard_negatives(similarity, images, exclude=same_text)  # (B,), (B,)
+        image_for_text, text_for_image = sample_hard_negatives(similarity, batch.get("image_index"),
+                                                               exclude=same_text)  # (B,), (B,)
         own = torch.arange(size, device=similarity.device)  # (B,)
         text_rows = torch.cat([own, own, text_for_image])  # (3B,) positives, hard images, hard texts
         image_rows = torch.cat([own, image_for_text, own])  # (3B,)

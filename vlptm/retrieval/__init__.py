@@ -18,6 +18,6 @@ from vlptm.retrieval.search import QueryBatcher, Searcher, SearchHit, combine_sc
 __all__ = [
     "MODES", "EvalSet", "evaluate_retrieval", "exhaustive_itm", "format_results", "recalls_from_ranks",
     "EmbeddingIndex", "IndexFormatError", "IndexMismatchError", "IndexTrainingError", "RetrievalIndexError",
-    "read_index_manifest", "Regions", "RetrievalModel", "RetrievalModelError", "itc_score_matrix", "QueryBatcher", "Searcher", "SearchHit",
-    "combine_scores",
+    "read_index_manifest", "Regions", "RetrievalModel", "RetrievalModelError", "itc_score_matrix", "QueryBatcher",
+    "Searcher", "SearchHit", "combine_scores",
 ]

@@ -5,8 +5,9 @@
 product (= cosine). Layouts that need training are trained on the first vectors added. Ids are arbitrary
 strings mapped to FAISS int64 labels. An id may own several vectors (a *set*: an image embedded one vector
 per region by a region-pooling model, see :mod:`vlptm.objectives.itc`); its score for a query is then the
-best score of its vectors, and a query may itself be a set (the best score over all pairs). :meth:`~EmbeddingIndex.remove` deletes natively where the layout can
-(Flat, IVF, PQ) and otherwise (HNSW) hides the removed labels from results until :meth:`compact`.
+best score of its vectors, and a query may itself be a set (the best score over all pairs).
+:meth:`~EmbeddingIndex.remove` deletes natively where the layout can (Flat, IVF, PQ) and otherwise (HNSW)
+hides the removed labels from results until :meth:`compact`.
 
 On disk, an index directory holds::
 
@@ -189,7 +190,6 @@ class EmbeddingIndex:
         if not self.keep_vectors:
             raise RetrievalIndexError("this index keeps no raw vectors (built with keep_vectors=False)")
         return np.array(self._vectors[self._label[item_id]])
-
 
     @property
     def is_trained(self) -> bool:

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from vlptm.data.readers import QuestionRecord
-from vlptm.models.base import VisionLanguageEncoder
+from vlptm.models.base import SUMMARY_POOLINGS, VisionLanguageEncoder
 from vlptm.structures import RegionFeatures
 from vlptm.tasks.answers import AnswerVocab, answer_targets, evaluate_predictions, normalize_answer
 
@@ -61,7 +61,6 @@ _HEAD_FILE = "head.safetensors"
 _EXTRACTOR_DIR = "extractor"
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CACHED_IMAGES = 1024  # region arrays kept in memory per data set (a 36 x 2048 float32 image is 0.3 MB)
-_POOLINGS = ("cls", "mean")
 _THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01)  # 1.01: the top answer alone
 
 
@@ -359,8 +358,8 @@ class VQAModel(nn.Module):
         super().__init__()
         if head.dense.in_features != encoder.hidden_size:
             raise ValueError(f"head width {head.dense.in_features} != encoder hidden size {encoder.hidden_size}")
-        if pooling not in _POOLINGS:
-            raise ValueError(f"pooling must be one of {_POOLINGS}, got {pooling!r}")
+        if pooling not in SUMMARY_POOLINGS:
+            raise ValueError(f"pooling must be one of {SUMMARY_POOLINGS}, got {pooling!r}")
         self.encoder = encoder
         self.head = head
         self.use_regions = use_regions
@@ -377,9 +376,7 @@ class VQAModel(nn.Module):
         if inputs.get("region_pos") is not None and inputs["region_pos"].shape[-1] == 0:
             inputs.pop("region_pos")
         out = self.encoder(inputs)
-        if self.pooling == "cls":
-            return self.head(out.pooled)  # (B, A)
-        return self.head(out.mean_state(inputs.get("attention_mask"), inputs.get("region_mask")))  # (B, A)
+        return self.head(out.summary(self.pooling, inputs.get("attention_mask"), inputs.get("region_mask")))
 
 
 def vqa_loss(logits: Tensor, targets: Tensor) -> Dict[str, Tensor]:
