@@ -17,6 +17,7 @@ device is synchronised before each timer is read (the CPU-time column is then th
 Run:
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_encoders.py            # hidden 384, B=32, T=20, R=36
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_encoders.py --hidden 768 --heads 12 --repeats 7
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_encoders.py --threads 1 --profile  # + GEMM / other split
     python benchmarks/bench_encoders.py --device cuda --hidden 768 --heads 12 --layers 12 --l-layers 9 \
         --r-layers 5 --x-layers 5 --batch 64                               # LXMERT-base size on a GPU
 """
@@ -68,6 +69,38 @@ def _step_fn(model: torch.nn.Module, forward: Callable[[], tuple], bf16: bool,
         return elapsed, cpu
 
     return step
+
+
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_mm")
+
+
+def _profile(step: Callable[[], tuple], steps: int = 3) -> Dict[str, float]:
+    """Self CPU time (s) of ``steps`` steps by operator, with "GEMM" and "total" sums."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    times = {event.key: event.self_cpu_time_total / 1e6 for event in prof.key_averages()}
+    times["GEMM"] = sum(times.get(op, 0.0) for op in GEMM_OPS)
+    times["total"] = sum(t for op, t in times.items() if op != "GEMM")
+    return times
+
+
+def _print_profile(title: str, precision: str, hf: Dict[str, float], ours: Dict[str, float], goal: float) -> None:
+    """Where each side's step time goes, and what the ratio could reach if vlptm's non-GEMM work shrank."""
+    def rest(t: Dict[str, float]) -> Dict[str, float]:
+        return {op: v for op, v in t.items() if op not in GEMM_OPS + ("GEMM", "total")}
+
+    print(f"  {title} {precision}, profiled self-CPU seconds over 3 steps:")
+    for name, t in (("transformers", hf), ("vlptm", ours)):
+        top = sorted(rest(t).items(), key=lambda kv: -kv[1])[:6]
+        print(f"    {name:12s} total {t['total']:.3f}  GEMM {t['GEMM']:.3f} ({t['GEMM'] / t['total']:.0%})  other "
+              f"{t['total'] - t['GEMM']:.3f}: " + ", ".join(f"{op.replace('aten::', '')} {v:.3f}" for op, v in top))
+    ceiling = hf["total"] / ours["GEMM"]
+    budget = hf["total"] / goal - ours["GEMM"]
+    print(f"    ratio {hf['total'] / ours['total']:.2f}; with no vlptm work but its GEMMs it would be {ceiling:.2f}; "
+          f"x{goal:.2f} needs vlptm's non-GEMM time <= {budget:.3f} s (now {ours['total'] - ours['GEMM']:.3f})")
 
 
 def _pairs(args: argparse.Namespace, device: torch.device):
@@ -138,12 +171,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models and batch live there)")
     parser.add_argument("--attention-backend", default="auto", choices=("auto", "sdpa", "explicit"),
                         help="vlptm's attention kernel (auto: SDPA except CPU autograd passes)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile 3 steps of each side (torch.profiler) and split GEMM / other time")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available")
+    if args.profile and device.type != "cpu":
+        parser.error("--profile splits CPU operator time; it has no meaning for GPU kernels")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__} on {where}, {torch.get_num_threads()} threads; hidden {args.hidden}, "
           f"{args.heads} heads, B={args.batch}, T={args.text_len}, R={args.regions}, D={args.feat_dim}; dual {args.l_layers}/"
@@ -167,6 +204,9 @@ def main() -> None:
             print(f"  {title:34s} {rows[-1]['precision']:13s} wall: transformers {hf_t * 1e3:7.1f} ms, vlptm "
                   f"{our_t * 1e3:7.1f} ms (x{hf_t / our_t:.2f})   cpu: {hf_c * 1e3:7.1f} ms vs {our_c * 1e3:7.1f} ms "
                   f"(x{hf_c / our_c:.2f})", flush=True)
+            if args.profile:
+                _print_profile(title, rows[-1]["precision"], _profile(hf_step), _profile(our_step),
+                               1.3 if bf16 else 1.0)
     print("\nsummary: speed-up = transformers / vlptm, medians of wall-clock (and of process CPU time, less "
           "sensitive to other load); goal >= 1.00 in fp32, >= 1.30 under bf16 autocast")
     for row in rows:
