@@ -3,7 +3,8 @@
 A recipe is a YAML mapping whose keys are the fields of a config dataclass; a field that is itself a
 dataclass takes a nested mapping. Command-line overrides use dotted keys (``--optim.lr=1e-4``,
 ``--model_overrides.num_layers=3``); values are parsed against the field's type (ints, floats, bools,
-strings, ``none`` for optional fields, YAML lists and mappings). Unknown keys and ill-typed values raise.
+strings, ``none`` for optional fields, YAML lists and mappings; rules: :mod:`vlptm.coercion`). Unknown keys
+and ill-typed values raise :class:`ConfigError`.
 
 Example:
     >>> from vlptm.train.config import PretrainConfig
@@ -15,104 +16,34 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
 import typing
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Type, TypeVar, Union
 
 import yaml
 
+from vlptm.coercion import FieldTypeError, UnknownFieldError, build_dataclass, field_types, unwrap_optional
 from vlptm.models.config import parse_overrides
 
 _C = TypeVar("_C")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 class ConfigError(ValueError):
     """A recipe or override that does not fit the config dataclass."""
 
 
-def _is_union(tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    return origin is Union or (hasattr(types, "UnionType") and origin is types.UnionType)
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    """Convert ``value`` (a YAML value or a command-line string) to the annotation ``tp``."""
-    if tp is Any:
-        return value
-    if _is_union(tp):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(f"{where}: {value!r} fits none of {args}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, where)
-    origin = typing.get_origin(tp)
-    if origin in (list, tuple, dict):
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        args = typing.get_args(tp)
-        if origin is dict:
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-            key_tp, val_tp = args if args else (Any, Any)
-            return {_coerce(key_tp, k, where): _coerce(val_tp, v, f"{where}.{k}") for k, v in value.items()}
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        item_tp = args[0] if args else Any
-        items = [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return items if origin is list else tuple(items)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got a bool")
-        try:
-            converted = tp(value)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from err
-        if tp is int and isinstance(value, float) and value != converted:
-            raise ConfigError(f"{where}: expected an int, got {value!r}")
-        return converted
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    raise ConfigError(f"{where}: unsupported field type {tp!r}")
-
-
 def from_dict(cls: Type[_C], data: Mapping[str, Any], where: str = "") -> _C:
     """Build dataclass ``cls`` from a (nested) mapping; missing fields keep their defaults.
+
+    Values are checked and converted by :func:`vlptm.coercion.coerce`.
 
     Raises:
         ConfigError: unknown keys or values that do not fit the field types.
     """
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where or cls.__name__}; valid keys: {names}")
-    values = {key: _coerce(hints[key], value, f"{where}.{key}" if where else key) for key, value in data.items()}
-    return cls(**values)
+    try:
+        return build_dataclass(cls, data, where)
+    except (UnknownFieldError, FieldTypeError) as err:
+        raise ConfigError(str(err)) from err
 
 
 def to_dict(config: Any) -> Dict[str, Any]:
@@ -154,9 +85,7 @@ def _is_open_mapping(cls: type, path: list) -> bool:
     for part in path:
         if not dataclasses.is_dataclass(tp):
             return False
-        tp = typing.get_type_hints(tp)[part]
-        if _is_union(tp):
-            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        tp = unwrap_optional(field_types(tp)[part])
     return typing.get_origin(tp) is dict
 
 

@@ -1,16 +1,16 @@
 """Configuration dataclasses of the region and grid extractors, and their dict/YAML round trip.
 
 Overrides use dotted keys (``backbone.name``, ``selection.fixed_boxes``) and are type-checked against the
-dataclass fields; a value given as a string (from ``--key=value``) is parsed as YAML first.
+dataclass fields; a value given as a string (from ``--key=value``) is parsed as the field's type
+(rules: :mod:`vlptm.coercion`).
 """
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import yaml
+from vlptm.coercion import build_dataclass, coerce, field_types
 
 __all__ = [
     "BackboneConfig",
@@ -196,14 +196,9 @@ def config_to_dict(config: Any) -> Dict[str, Any]:
 
 
 def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
-    """Builds dataclass ``cls`` from a (nested) dict; unknown keys raise ``KeyError``."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise KeyError(f"unknown {cls.__name__} keys: {unknown}; known: {sorted(names)}")
-    kwargs = {k: _coerce(hints[k], v, f"{cls.__name__}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    """Builds dataclass ``cls`` from a (nested) dict; unknown keys raise ``KeyError``, ill-typed values
+    ``TypeError`` (rules: :mod:`vlptm.coercion`)."""
+    return build_dataclass(cls, data, cls.__name__)
 
 
 def dotted_overrides(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -234,58 +229,15 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
         node, cls = data, type(config)
         parts = key.split(".")
         for part in parts[:-1]:
-            hints = typing.get_type_hints(cls)
-            if part not in node or not dataclasses.is_dataclass(hints.get(part)):
+            types_by_name = field_types(cls)
+            if part not in node or not dataclasses.is_dataclass(types_by_name.get(part)):
                 raise KeyError(f"unknown config section {part!r} in {key!r}")
-            node, cls = node[part], hints[part]
+            node, cls = node[part], types_by_name[part]
         leaf = parts[-1]
-        hints = typing.get_type_hints(cls)
-        if leaf not in hints:
-            raise KeyError(f"unknown config key {key!r}; {cls.__name__} has {sorted(hints)}")
-        if isinstance(value, str) and hints[leaf] is not str:
-            value = _parse_text(value, hints[leaf])
-        node[leaf] = _coerce(hints[leaf], value, key)
-        if dataclasses.is_dataclass(hints[leaf]):
+        types_by_name = field_types(cls)
+        if leaf not in types_by_name:
+            raise KeyError(f"unknown config key {key!r}; {cls.__name__} has {sorted(types_by_name)}")
+        node[leaf] = coerce(types_by_name[leaf], value, key)
+        if dataclasses.is_dataclass(types_by_name[leaf]):
             node[leaf] = config_to_dict(node[leaf])
     return config_from_dict(type(config), data)
-
-
-def _parse_text(text: str, tp: Any) -> Any:
-    """A command-line string as the field's type: YAML, plus plain float syntax such as ``5e-4``."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and tp is float:
-        try:
-            return float(text)
-        except ValueError:
-            pass
-    return value
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    """Checks ``value`` against type ``tp`` (with int -> float and list -> tuple conversions)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if dataclasses.is_dataclass(value):
-            return value
-        if not isinstance(value, Mapping):
-            raise TypeError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
-        return config_from_dict(tp, value)
-    if origin is typing.Union:
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where)
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{where}: expected a list, got {value!r}")
-        item_type = args[0] if args else Any
-        items = [_coerce(item_type, v, where) for v in value]
-        return tuple(items) if origin is tuple else items
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
-        raise TypeError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value

@@ -7,10 +7,10 @@ the fields of :class:`EncoderConfig`. Named variants are small functions registe
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Type
+
+from vlptm.coercion import coerce_fields
 
 # Region-embedding styles (see ``vlptm.models.layers.RegionEmbeddings``).
 REGION_EMBEDDING_STYLES = ("uniter", "lxmert", "visualbert")
@@ -107,59 +107,6 @@ class DualStreamConfig(EncoderConfig):
 # ----------------------------------------------------------------------------------------------------------
 # Overrides: "--key=value" strings and keyword values, type-checked against the dataclass fields.
 # ----------------------------------------------------------------------------------------------------------
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _field_types(config_cls: type) -> Dict[str, Any]:
-    hints = typing.get_type_hints(config_cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(config_cls)}
-
-
-def _coerce(key: str, annotation: Any, value: Any) -> Any:
-    """Convert ``value`` (a string from the command line, or a Python value) to ``annotation``."""
-    origin = typing.get_origin(annotation)
-    if origin is Union or origin is getattr(types, "UnionType", Union):
-        args = typing.get_args(annotation)
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            if type(None) in args:
-                return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(key, arg, value)
-            except (TypeError, ValueError) as err:
-                errors.append(str(err))
-        raise TypeError(f"override {key}={value!r}: none of {args} fits ({'; '.join(errors)})")
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        raise TypeError(f"override {key}={value!r}: expected a bool (true/false)")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise TypeError(f"override {key}={value!r}: expected an int")
-        try:
-            return int(value)
-        except ValueError as err:
-            raise TypeError(f"override {key}={value!r}: expected an int") from err
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise TypeError(f"override {key}={value!r}: expected a float")
-        try:
-            return float(value)
-        except ValueError as err:
-            raise TypeError(f"override {key}={value!r}: expected a float") from err
-    if annotation is str:
-        if not isinstance(value, str):
-            raise TypeError(f"override {key}={value!r}: expected a str")
-        return value
-    raise TypeError(f"override {key}: unsupported field type {annotation!r}")
-
-
 def apply_overrides(config: EncoderConfig, overrides: Mapping[str, Any]) -> EncoderConfig:
     """Return a copy of ``config`` with ``overrides`` applied, type-checked and validated.
 
@@ -172,14 +119,7 @@ def apply_overrides(config: EncoderConfig, overrides: Mapping[str, Any]) -> Enco
         TypeError: a value does not fit the field's type.
         ValueError: the resulting config is inconsistent.
     """
-    types_by_name = _field_types(type(config))
-    unknown = sorted(set(overrides) - set(types_by_name))
-    if unknown:
-        raise KeyError(
-            f"unknown override(s) {unknown} for {type(config).__name__}; valid keys: {sorted(types_by_name)}"
-        )
-    values = {key: _coerce(key, types_by_name[key], value) for key, value in overrides.items()}
-    new = dataclasses.replace(config, **values)
+    new = dataclasses.replace(config, **coerce_fields(type(config), overrides, noun="override"))
     new.validate()
     return new
 
@@ -217,12 +157,7 @@ def parse_overrides(args: Iterable[str], config_cls: Optional[Type[EncoderConfig
             raise ValueError(f"override {key!r} given twice")
         parsed[key] = value
     if config_cls is not None:
-        types_by_name = _field_types(config_cls)
-        unknown = sorted(set(parsed) - set(types_by_name))
-        if unknown:
-            raise KeyError(
-                f"unknown override(s) {unknown} for {config_cls.__name__}; valid keys: {sorted(types_by_name)}")
-        parsed = {key: _coerce(key, types_by_name[key], value) for key, value in parsed.items()}
+        parsed = coerce_fields(config_cls, parsed, noun="override")
     return parsed
 
 
