@@ -220,7 +220,9 @@ fi
 if [ "$QUICK" = 1 ]; then
     EXT=(--num-images 4 --detector-images 4 --batch-size 2 --workers 1 --repeats 1)
 else
-    EXT=(--num-images 256 --detector-images 256 --batch-size 32 --workers 6 --repeats 2)
+    # 2,048 images: with 256 (the first H200 run) a run lasted ~1 s, so worker start-up and one slow bare pass
+    # (0.67 vs 0.86 s) decided the overhead figure
+    EXT=(--num-images 2048 --detector-images 2048 --batch-size 32 --workers 6 --repeats 3)
 fi
 if [ -f "$DETECTOR/model.safetensors" ]; then
     step "4 extract, fp32" 150 "$PYTHON" benchmarks/bench_extract.py --device "$DEVICE" --extractors "$DETECTOR" \
