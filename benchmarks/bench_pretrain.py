@@ -46,34 +46,23 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import torch
 
 from vlptm.config import load_config
-from vlptm.data.pretrain import MaskingOptions, PretrainDataset, PretrainSource, collate_pretrain
+from vlptm.data.pretrain import MaskingOptions, PretrainDataset, PretrainSource
 from vlptm.data.readers import read_records
 from vlptm.features.store import FeatureStore
-from vlptm.objectives.itc import concat_image_embeddings
 from vlptm.text import load_tokenizer
 from vlptm.train import load_pretraining_model, pretrain
 from vlptm.train.checkpoint import latest_step
 from vlptm.train.config import PretrainConfig
+from vlptm.train.validate import head_accuracy, recall_at, text_to_image_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def _pad_regions(items: Sequence[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:
-    length = max(len(it["feats"]) for it in items)
-    feats = torch.zeros(len(items), length, items[0]["feats"].shape[1])
-    pos = torch.zeros(len(items), length, items[0]["pos"].shape[1])
-    mask = torch.zeros(len(items), length, dtype=torch.long)
-    for i, it in enumerate(items):
-        n = len(it["feats"])
-        feats[i, :n], pos[i, :n], mask[i, :n] = torch.from_numpy(it["feats"]), torch.from_numpy(it["pos"]), 1
-    return {"region_feats": feats, "region_pos": pos, "region_mask": mask}
 
 
 # What a scene-world caption names (vlptm/data/scenes.py writes one of each per image), to break recall down
@@ -89,61 +78,18 @@ def caption_kind(caption: str) -> str:
     return next(kind for kind, pattern in _SCENE_KINDS if pattern.search(caption))
 
 
-@torch.no_grad()
 def evaluate(model, dataset: PretrainDataset, batch_size: int = 128,
              captions: Sequence[str] = ()) -> Dict[str, float]:
-    """Held-out MLM/MRC/ITM accuracy and text-to-image recall over ``dataset``'s images."""
-    model.eval()
-    totals: Dict[str, List[float]] = {"mlm": [0, 0], "mrc": [0, 0], "itm": [0, 0]}
-    has_mrc = model.mrm is not None and model.mrm.class_head is not None
-    for start in range(0, len(dataset), batch_size):
-        batch = collate_pretrain([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        if model.mlm is not None:
-            out = model(batch, ["mlm"])
-            n = int((batch["mlm_labels"] != -100).sum())
-            totals["mlm"][0] += float(out["mlm_acc"]) * n
-            totals["mlm"][1] += n
-        if has_mrc and "region_cls_probs" in batch:
-            out = model(batch, ["mrc"])
-            n = int(batch["region_masked"].sum())
-            totals["mrc"][0] += float(out["mrc_acc"]) * n
-            totals["mrc"][1] += n
-        if model.itm is not None:  # scored on the data's random negatives, however ITM was trained
-            trained_with, model.itm_negatives = model.itm_negatives, "random"
-            out = model(batch, ["itm"])
-            model.itm_negatives = trained_with
-            n = batch["input_ids"].shape[0]
-            totals["itm"][0] += float(out["itm_acc"]) * n
-            totals["itm"][1] += n
-    results = {f"{k}_acc": (v[0] / v[1] if v[1] else float("nan")) for k, v in totals.items()}
-    # retrieval: every caption queries all images
-    image_embs = []
-    for start in range(0, len(dataset.images), batch_size):
-        regions = [dataset.regions(i) for i in range(start, min(start + batch_size, len(dataset.images)))]
-        image_embs.append(model.embed_images(_pad_regions(regions)))
-    image_emb = concat_image_embeddings(image_embs)  # (I, F), or (I, R, F) region sets
-    text_embs = []
-    for start in range(0, len(dataset), batch_size):
-        items = [{"input_ids": dataset.text_ids[i]} for i in range(start, min(start + batch_size, len(dataset)))]
-        length = max(len(it["input_ids"]) for it in items)
-        ids = torch.zeros(len(items), length, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, it in enumerate(items):
-            ids[j, : len(it["input_ids"])] = torch.from_numpy(it["input_ids"])
-            mask[j, : len(it["input_ids"])] = 1
-        text_embs.append(model.embed_text({"input_ids": ids, "attention_mask": mask}))
-    text_emb = torch.cat(text_embs)  # (Q, E)
-    scores = torch.cat([model.itc.similarity(text_emb[s: s + 256], image_emb)
-                        for s in range(0, len(text_emb), 256)])  # (Q, I)
-    truth = torch.from_numpy(dataset.example_image)  # (Q,)
-    rank = (scores > scores.gather(1, truth[:, None])).sum(1)  # (Q,) images scored above the right one
-    for k in (1, 5, 10):
-        results[f"R@{k}"] = float((rank < k).float().mean())
+    """Held-out MLM/MRC/ITM accuracy and text-to-image recall (``vlptm.train.validate``, what a recipe's
+    ``validation`` section logs), plus R@10 by scene-caption kind when the queries' ``captions`` are given."""
+    results: Dict[str, float] = head_accuracy(model, dataset, batch_size)
+    ranks = text_to_image_ranks(model, dataset, batch_size)  # (Q,)
+    results.update(recall_at(ranks))
     results["images"], results["queries"] = len(dataset.images), len(dataset)
     if captions:  # the dataset's queries in order: text-to-image R@10 by caption kind
         kinds = np.array([caption_kind(c) for c in captions])
         for kind, _ in _SCENE_KINDS:
-            results[f"R@10 {kind}"] = float((rank[torch.from_numpy(kinds == kind)] < 10).float().mean())
+            results[f"R@10 {kind}"] = float((ranks[kinds == kind] < 10).mean())
     return results
 
 

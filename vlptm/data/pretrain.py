@@ -202,7 +202,8 @@ class PretrainDataset(Dataset):
         return pair
 
 
-def _pad(arrays: Sequence[np.ndarray], length: int, value: float, dtype: torch.dtype) -> Tensor:
+def pad_arrays(arrays: Sequence[np.ndarray], length: int, value: float, dtype: torch.dtype) -> Tensor:
+    """Stack arrays of ``(n_i, ...)`` into a ``(B, length, ...)`` tensor of ``dtype``, filled with ``value``."""
     first = arrays[0]
     out = torch.full((len(arrays), length) + tuple(first.shape[1:]), value, dtype=dtype)
     for i, array in enumerate(arrays):
@@ -223,8 +224,8 @@ def collate_pretrain(items: Sequence[Dict[str, Any]], pad_id: int = 0) -> Dict[s
     def text(key: str, prefix: str = "") -> Dict[str, Tensor]:
         arrays = [item[key] for item in items]
         length = max(len(a) for a in arrays)
-        ids = _pad(arrays, length, pad_id, torch.long)  # (B, T)
-        mask = _pad([np.ones(len(a), np.int64) for a in arrays], length, 0, torch.long)  # (B, T)
+        ids = pad_arrays(arrays, length, pad_id, torch.long)  # (B, T)
+        mask = pad_arrays([np.ones(len(a), np.int64) for a in arrays], length, 0, torch.long)  # (B, T)
         return {prefix + "input_ids": ids, prefix + "attention_mask": mask,
                 prefix + "token_type_ids": torch.zeros_like(ids)}
 
@@ -232,20 +233,22 @@ def collate_pretrain(items: Sequence[Dict[str, Any]], pad_id: int = 0) -> Dict[s
         feats = [item[prefix + "region_feats"] for item in items]
         length = max(1, max(len(f) for f in feats))
         return {
-            prefix + "region_feats": _pad(feats, length, 0.0, torch.float32),  # (B, R, D)
-            prefix + "region_pos": _pad([item[prefix + "region_pos"] for item in items], length, 0.0, torch.float32),
-            prefix + "region_mask": _pad([np.ones(len(f), np.int64) for f in feats], length, 0, torch.long),  # (B, R)
+            prefix + "region_feats": pad_arrays(feats, length, 0.0, torch.float32),  # (B, R, D)
+            prefix + "region_pos": pad_arrays([item[prefix + "region_pos"] for item in items], length, 0.0,
+                                              torch.float32),  # (B, R, P)
+            prefix + "region_mask": pad_arrays([np.ones(len(f), np.int64) for f in feats], length, 0,
+                                               torch.long),  # (B, R)
         }
 
     batch = text("input_ids")
     length = batch["input_ids"].shape[1]
-    batch["mlm_input_ids"] = _pad([item["mlm_input_ids"] for item in items], length, pad_id, torch.long)
-    batch["mlm_labels"] = _pad([item["mlm_labels"] for item in items], length, IGNORE_INDEX, torch.long)
+    batch["mlm_input_ids"] = pad_arrays([item["mlm_input_ids"] for item in items], length, pad_id, torch.long)
+    batch["mlm_labels"] = pad_arrays([item["mlm_labels"] for item in items], length, IGNORE_INDEX, torch.long)
     batch.update(regions(""))
     num_regions = batch["region_feats"].shape[1]
-    batch["region_masked"] = _pad([item["region_masked"] for item in items], num_regions, False, torch.bool)
+    batch["region_masked"] = pad_arrays([item["region_masked"] for item in items], num_regions, False, torch.bool)
     if all("region_cls_probs" in item for item in items):
-        batch["region_cls_probs"] = _pad([item["region_cls_probs"] for item in items], num_regions, 0.0,
+        batch["region_cls_probs"] = pad_arrays([item["region_cls_probs"] for item in items], num_regions, 0.0,
                                          torch.float32)  # (B, R, C)
     batch["masked_modality"] = torch.tensor([item["masked_modality"] for item in items], dtype=torch.long)
     batch["image_index"] = torch.tensor([item["image_index"] for item in items], dtype=torch.long)
@@ -354,5 +357,5 @@ def split_lengths(dataset: PretrainDataset) -> tuple:
     return dataset.text_lengths, dataset.image_regions[dataset.example_image]
 
 
-__all__ = ["PretrainSource", "MaskingOptions", "PretrainDataset", "collate_pretrain", "BucketBatchSampler",
-           "padding_fraction", "split_lengths"]
+__all__ = ["PretrainSource", "MaskingOptions", "PretrainDataset", "collate_pretrain", "pad_arrays",
+           "BucketBatchSampler", "padding_fraction", "split_lengths"]

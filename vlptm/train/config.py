@@ -79,6 +79,17 @@ class OptimConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Held-out evaluation during pretraining (:func:`vlptm.train.validate.evaluate_pretraining`): each
+    head's accuracy and ITC text-to-image R@1/5/10, logged to ``RUN/validation.jsonl`` and TensorBoard."""
+
+    sources: List[SourceConfig] = field(default_factory=list)  # held-out captions + stores; none = no validation
+    every: int = 0  # steps between evaluations (0: only at the end of the run)
+    max_images: int = 1000  # evaluate on the first N images of the sources (every caption of each)
+    batch_size: int = 128  # examples per forward pass
+
+
+@dataclass
 class PretrainConfig:
     """A pretraining run (``vlptm pretrain --config RECIPE.yaml [--key=value ...]``)."""
 
@@ -90,6 +101,7 @@ class PretrainConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     precision: str = "fp32"  # "fp32", "bf16" (CUDA or CPU autocast) or "fp16" (CUDA, loss scaling)
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1"
     seed: int = 0  # seeds model init, data order, masking

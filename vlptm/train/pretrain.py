@@ -15,7 +15,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from vlptm.train.distributed import DistInfo, barrier, cleanup, init_distributed
 from vlptm.train.loop import MetricAverager, TaskSchedule, TrainState, train_one_epoch
 from vlptm.train.optim import build_optimizer, build_scheduler
 from vlptm.train.run_log import RunLogger
+from vlptm.train.validate import evaluate_pretraining
 
 logger = logging.getLogger(__name__)
 
@@ -54,28 +55,39 @@ def set_deterministic(enabled: bool) -> None:
     torch.use_deterministic_algorithms(enabled)
 
 
-def build_dataset(cfg: PretrainConfig, pos_dim: int) -> PretrainDataset:
-    """The data mix of ``cfg.data.sources`` as one :class:`PretrainDataset`."""
+def build_dataset(cfg: PretrainConfig, pos_dim: int, section: str = "data") -> PretrainDataset:
+    """The data mix of ``cfg.data.sources`` as one :class:`PretrainDataset`; with ``section="validation"``
+    the held-out images of ``cfg.validation.sources`` instead (the first ``validation.max_images`` that are
+    in their stores, each source counted once, masked with their own seed)."""
     from vlptm.data.readers import read_records
     from vlptm.features.store import FeatureStore
     from vlptm.text import load_tokenizer
 
-    if not cfg.data.sources:
-        raise ValueError("the recipe has no data.sources (each needs captions: FILE and features: STORE)")
-    sources = []
-    for i, source in enumerate(cfg.data.sources):
+    configured = cfg.data.sources if section == "data" else cfg.validation.sources
+    if not configured:
+        raise ValueError(f"the recipe has no {section}.sources (each needs captions: FILE and features: STORE)")
+    sources, budget = [], cfg.validation.max_images
+    for i, source in enumerate(configured):
         if not source.captions or not source.features:
-            raise ValueError(f"data.sources[{i}] needs both 'captions' and 'features'")
+            raise ValueError(f"{section}.sources[{i}] needs both 'captions' and 'features'")
         kwargs = {"split": source.split} if source.split else {}
-        records = read_records(source.captions, source.image_root, **kwargs)
-        sources.append(PretrainSource(records=list(records), store=FeatureStore.open(source.features),
-                                      repeat=source.repeat, name=Path(source.captions).parent.name))
+        records = list(read_records(source.captions, source.image_root, **kwargs))
+        store = FeatureStore.open(source.features)
+        repeat = source.repeat
+        if section == "validation":
+            records, repeat = [r for r in records if r.image_id in store][:budget], 1
+            budget -= len(records)
+            if not records:
+                continue
+        sources.append(PretrainSource(records=records, store=store, repeat=repeat,
+                                      name=Path(source.captions).parent.name))
     m = cfg.masking
     masking = MaskingOptions(text_scheme=m.text_scheme, text_prob=m.text_prob, span_p=m.span_p,
                              span_max=m.span_max, region_prob=m.region_prob,
                              itm_negative_prob=cfg.tasks.itm_negative_prob)
+    seed = cfg.seed if section == "data" else cfg.seed + 1
     return PretrainDataset(sources, load_tokenizer(cfg.data.tokenizer), max_text_len=cfg.data.max_text_len,
-                           max_regions=cfg.data.max_regions, pos_dim=pos_dim, masking=masking, seed=cfg.seed)
+                           max_regions=cfg.data.max_regions, pos_dim=pos_dim, masking=masking, seed=seed)
 
 
 def build_model(cfg: PretrainConfig, feature_dim: int, num_region_classes: int) -> PretrainingModel:
@@ -135,6 +147,8 @@ def _pretrain(cfg: PretrainConfig, resume: bool, info: DistInfo) -> Path:
     model_config = get_model_config(cfg.model, **{k: v for k, v in cfg.model_overrides.items()
                                                    if k != "region_feat_dim"})
     dataset = build_dataset(cfg, pos_dim=int(model_config.region_pos_dim))
+    heldout = (build_dataset(cfg, int(model_config.region_pos_dim), "validation") if cfg.validation.sources
+               else None)
     feature_dim = int(dataset.stores[0].feature_dim)
     model = build_model(cfg, feature_dim, dataset.num_region_classes).to(device)
 
@@ -195,6 +209,17 @@ def _pretrain(cfg: PretrainConfig, resume: bool, info: DistInfo) -> Path:
             ckpt.save_checkpoint(run_dir, state.step, model, trainer_state, config_yaml, cfg.keep_checkpoints)
         barrier()
 
+    validated_at: List[int] = []
+
+    def validate() -> None:
+        """Every rank evaluates the same held-out batches (the heads' losses may all-reduce); rank 0 logs."""
+        tick = time.monotonic()
+        results = evaluate_pretraining(model, heldout, cfg.validation.batch_size, autocast_dtype)
+        validated_at.append(state.step)
+        run_log.log({"step": state.step, **results, "seconds": time.monotonic() - tick}, group="val")
+        run_log.write(f"validation at step {state.step}: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in results.items() if isinstance(v, float)))
+
     started = time.monotonic()
 
     def on_step(state: TrainState, metrics: Dict[str, Tensor], examples: int) -> bool:
@@ -210,6 +235,8 @@ def _pretrain(cfg: PretrainConfig, resume: bool, info: DistInfo) -> Path:
         if out_of_time:
             run_log.write(f"time limit of {cfg.time_limit_minutes} min reached at step {state.step}")
             return True
+        if heldout is not None and cfg.validation.every and state.step % cfg.validation.every == 0:
+            validate()
         if state.step % cfg.save_every == 0 and state.step < cfg.optim.max_steps:
             save()
         return False
@@ -225,6 +252,8 @@ def _pretrain(cfg: PretrainConfig, resume: bool, info: DistInfo) -> Path:
         if not done:
             state.epoch += 1
             state.batches_done = 0
+    if heldout is not None and validated_at[-1:] != [state.step]:
+        validate()  # the final weights
     if ckpt.latest_step(run_dir) != state.step:
         save()
     run_log.close()

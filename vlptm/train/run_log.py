@@ -1,9 +1,10 @@
 """Run logs on rank 0: a JSONL file, TensorBoard event files and a tqdm progress bar.
 
 ``RUN/log.jsonl`` has one JSON object per logged step (``step``, ``epoch``, ``lr``, ``loss``, every task's
-loss and metric, ``examples_per_s``, ``elapsed_s``); ``vlptm plot-log RUN`` draws it. TensorBoard events
-go to ``RUN/tensorboard/``. After a resume, entries past the resumed step are dropped from both, so the
-logs read like one uninterrupted run.
+loss and metric, ``examples_per_s``, ``elapsed_s``); ``vlptm plot-log RUN`` draws it. Held-out evaluations
+(``validation`` in the recipe) go to ``RUN/validation.jsonl``, read with ``read_log(RUN / VALIDATION_FILE)``.
+TensorBoard events go to ``RUN/tensorboard/`` (``train/<key>`` and ``val/<key>``). After a resume, entries
+past the resumed step are dropped from all of them, so the logs read like one uninterrupted run.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Union
 
 LOG_FILE = "log.jsonl"
+VALIDATION_FILE = "validation.jsonl"
+_FILES = {"train": LOG_FILE, "val": VALIDATION_FILE}  # log group -> file
 TENSORBOARD_DIR = "tensorboard"
 _SHOWN = ("mlm", "mrfr", "mrc", "mrc_kl", "itm", "itc")  # losses shown on the progress bar
 
@@ -58,8 +61,10 @@ class RunLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / LOG_FILE
-        self._truncate(start_step)
-        self._file = open(self.path, "a", buffering=1)
+        self._files = {}
+        for group, name in _FILES.items():
+            _truncate(self.run_dir / name, start_step)
+            self._files[group] = open(self.run_dir / name, "a", buffering=1)
         from torch.utils.tensorboard import SummaryWriter
 
         self._tb = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=start_step if start_step else None)
@@ -68,29 +73,18 @@ class RunLogger:
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, desc="pretrain")
 
-    def _truncate(self, start_step: int) -> None:
-        if not self.path.is_file():
-            return
-        kept = [entry for entry in read_log(self.path) if entry["step"] <= start_step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as f:
-            for entry in kept:
-                f.write(json.dumps(entry) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-
-    def log(self, entry: Dict[str, Any]) -> None:
-        """Record one entry (must hold ``step``); numbers go to TensorBoard as ``train/<key>``."""
+    def log(self, entry: Dict[str, Any], group: str = "train") -> None:
+        """Record one entry (must hold ``step``) of ``group`` ("train": ``log.jsonl``, "val":
+        ``validation.jsonl``); numbers go to TensorBoard as ``<group>/<key>``."""
         if not self.enabled:
             return
         clean = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in entry.items()}
-        self._file.write(json.dumps(clean) + "\n")
+        self._files[group].write(json.dumps(clean) + "\n")
         step = int(entry["step"])
         for key, value in entry.items():
             if key not in ("step", "epoch") and isinstance(value, (int, float)):
-                self._tb.add_scalar(f"train/{key}", value, step)
-        if self._bar is not None:
+                self._tb.add_scalar(f"{group}/{key}", value, step)
+        if self._bar is not None and group == "train":
             shown = {k: f"{v:.3g}" for k, v in entry.items()
                      if isinstance(v, float) and (k == "loss" or k in _SHOWN or k == "examples_per_s")}
             self._bar.set_postfix(shown, refresh=False)
@@ -115,4 +109,19 @@ class RunLogger:
             self._bar.close()
         self._tb.flush()
         self._tb.close()
-        self._file.close()
+        for file in self._files.values():
+            file.close()
+
+
+def _truncate(path: Path, start_step: int) -> None:
+    """Drop the entries of a log file past ``start_step`` (atomically)."""
+    if not path.is_file():
+        return
+    kept = [entry for entry in read_log(path) if entry["step"] <= start_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w") as f:
+        for entry in kept:
+            f.write(json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
