@@ -14,7 +14,7 @@ from vlptm.config import load_config
 from vlptm.train import pretrain
 from vlptm.train.checkpoint import resolve_checkpoint
 from vlptm.train.config import PretrainConfig
-from vlptm.train.run_log import read_log
+from vlptm.train.run_log import VALIDATION_FILE, read_log
 
 pytestmark = pytest.mark.skipif(not __import__("torch").distributed.is_available(), reason="no torch.distributed")
 
@@ -40,7 +40,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path, pooling):
     pretrain(load_config(PretrainConfig, single))
 
     ddp = write_recipe(tmp_path / "ddp.yaml", toy, tmp_path / "ddp",
-                       data={"sources": [toy], "batch_size": 4, "max_regions": 4, "bucket_batches": 4}, **sections)
+                       data={"sources": [toy], "batch_size": 4, "max_regions": 4, "bucket_batches": 4},
+                       validation={"sources": [toy], "every": 3, "max_images": 8}, **sections)  # on every rank
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -56,6 +57,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, pooling):
     # rank 0 alone logged; losses over equal per-rank counts (ITC, ITM) average to the single run's
     single_log, ddp_log = read_log(tmp_path / "single"), read_log(tmp_path / "ddp")
     assert [e["step"] for e in ddp_log] == [1, 2, 3, 4, 5, 6]
+    assert [e["step"] for e in read_log(tmp_path / "ddp" / VALIDATION_FILE)] == [3, 6]
     for x, y in zip(single_log, ddp_log):
         assert y["itc"] == pytest.approx(x["itc"], abs=1e-4)
         assert y["itm"] == pytest.approx(x["itm"], abs=1e-4)
