@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from test_pretrain_data import make_toy_world, write_recipe
+from vlptm.commands.plot_log import plot_log
 from vlptm.config import load_config
 from vlptm.train import VALIDATION_FILE, evaluate_pretraining, load_pretraining_model, pretrain, read_log
 from vlptm.train.checkpoint import resolve_checkpoint
@@ -43,6 +44,8 @@ def test_validation_is_logged_and_leaves_training_unchanged(worlds):
             assert 0.0 <= entry[key] <= 1.0
         assert 0.0 <= entry["R@1"] <= entry["R@5"] <= entry["R@10"] <= 1.0
     assert [e["step"] for e in read_log(root / "checked")] == list(range(1, 8))  # train log untouched
+    keys = plot_log(str(root / "checked"), str(root / "curves.png"))  # held-out points join the curves
+    assert {"R@1", "R@10", "itm_acc", "mlm"} <= set(keys) and (root / "curves.png").stat().st_size > 0
 
     # evaluation runs in eval mode under its own RNG streams: the trained weights are those of a run without it
     a, b = _weights(root / "plain"), _weights(root / "checked")
