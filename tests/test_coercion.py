@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vlptm.coercion import (FieldTypeError, UnknownFieldError, build_dataclass, coerce, coerce_fields, field_types,
-                            unwrap_optional)
+                            set_dotted, to_dict, unwrap_optional)
 
 
 @dataclass
@@ -131,6 +131,115 @@ def test_field_types_and_unwrap_optional():
     assert unwrap_optional(Optional[Dict[str, float]]) == Dict[str, float]
     assert unwrap_optional(Union[int, str]) == Union[int, str]
     assert unwrap_optional(int) is int
+
+
+# ------------------------------------------------------------------------- the dotted-key walker
+@dataclass
+class Recipe:
+    inner: Inner = field(default_factory=Inner)
+    outer: Outer = field(default_factory=Outer)
+    weights: Dict[str, float] = field(default_factory=lambda: {"mlm": 1.0})
+    extra: Dict[str, Any] = field(default_factory=lambda: {"nested": {"depth": 1}})
+    spare: Optional[Inner] = None
+    seed: int = 0
+
+
+def test_set_dotted_walks_nested_sections_and_returns_a_copy():
+    recipe = Recipe()
+    new = set_dotted(recipe, {"seed": "3", "inner.size": "4", "outer.inner.name": "b", "outer.limit": "none",
+                              "outer.ratios": "[0.5, 2]"})
+    assert new == Recipe(inner=Inner(size=4), outer=Outer(inner=Inner(name="b"), ratios=(0.5, 2.0)), seed=3)
+    assert recipe == Recipe()  # the input is left alone
+    assert new.weights == recipe.weights and new.weights is not recipe.weights  # no shared mutable value
+    # a section given a mapping is rebuilt from it (defaults elsewhere), and a later key may walk into it
+    assert set_dotted(Recipe(inner=Inner(size=9)), {"inner": {"name": "c"}}).inner == Inner(name="c")
+    assert set_dotted(recipe, {"inner": {"name": "c"}, "inner.size": 5}).inner == Inner(size=5, name="c")
+    assert set_dotted(recipe, {"spare": {"size": "2"}}).spare == Inner(size=2)
+    assert to_dict(new)["outer"]["inner"] == {"size": 1, "name": "b"}
+
+
+@pytest.mark.parametrize("key, expected", [
+    ("nope.size", "nope.size: 'nope' is not a section of the config"),
+    ("seed.x", "seed.x: 'seed' is not a section of the config"),  # a field, but not a section
+    ("outer.items.size", "'items' is not a section"),  # a list of sections is not one
+    ("spare.size", "'spare' is not a section"),  # an optional section that is None
+])
+def test_set_dotted_rejects_unknown_sections(key, expected):
+    with pytest.raises(UnknownFieldError, match=re.escape(expected)):
+        set_dotted(Recipe(), {key: 1})
+
+
+def test_set_dotted_rejects_unknown_leaves_and_lists_the_valid_keys():
+    message = "inner.sise: unknown key 'sise'; valid keys: ['name', 'size']"
+    with pytest.raises(UnknownFieldError, match=re.escape(message)):
+        set_dotted(Recipe(), {"inner.sise": 1})
+    with pytest.raises(UnknownFieldError, match=re.escape("override --sead: unknown key 'sead'")):
+        set_dotted(Recipe(), {"sead": 1}, prefix="override --")
+    with pytest.raises(UnknownFieldError, match=re.escape("unknown key(s) ['sise'] in inner")):
+        set_dotted(Recipe(), {"inner": {"sise": 1}})  # a mapping for a section is checked too
+
+
+def test_set_dotted_adds_keys_only_inside_free_form_dicts():
+    new = set_dotted(Recipe(), {"weights.itm": "1.5", "weights.mlm": 2, "extra.num_layers": "3"})
+    assert new.weights == {"mlm": 2.0, "itm": 1.5} and type(new.weights["mlm"]) is float
+    assert new.extra == {"nested": {"depth": 1}, "num_layers": "3"}  # Dict[str, Any]: the value as given
+    assert set_dotted(Recipe(), {"extra.nested.depth": 2}).extra == {"nested": {"depth": 2}}
+    with pytest.raises(UnknownFieldError, match=re.escape("extra.nested.width: unknown key 'width'; valid keys: "
+                                                          "['depth']")):
+        set_dotted(Recipe(), {"extra.nested.width": 2})  # a mapping inside an untyped value is not free-form
+    with pytest.raises(UnknownFieldError, match="unknown key 'new'"):
+        set_dotted(Recipe(), {"outer.new": 1})  # a section is not free-form
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("inner.size", "big", "inner.size: expected int, got 'big'"),
+    ("seed", True, "seed: expected int, got True"),
+    ("weights.itm", "high", "weights.itm: expected float, got 'high'"),
+    ("weights", "[1, 2]", "weights: expected Dict[str, float]"),
+    ("inner", "{size: 3}", "inner: expected a mapping of Inner fields"),
+    ("outer.items", "[{size: x}]", "outer.items[0].size: expected int"),
+])
+def test_set_dotted_type_checks_the_leaf(key, value, expected):
+    with pytest.raises(FieldTypeError, match=re.escape(expected)):
+        set_dotted(Recipe(), {key: value})
+
+
+def test_recipe_overrides_raise_config_error_only():
+    from vlptm.config import ConfigError, apply_overrides
+    from vlptm.train.config import PretrainConfig
+
+    cfg = apply_overrides(PretrainConfig(), ["--tasks.weights.mrc=2", "--model_overrides.num_layers=3"])
+    assert cfg.tasks.weights["mrc"] == 2.0 and cfg.model_overrides == {"num_layers": "3"}
+    for bad, message in ((["--nope.lr=1"], "override --nope.lr: 'nope' is not a section of the config"),
+                         (["--optim.nope=1"], "override --optim.nope: unknown key 'nope'; valid keys: ['accum_steps'"),
+                         (["--optim.lr=fast"], "optim.lr: expected float, got 'fast'"),
+                         (["--tasks.weights.itm=high"], "tasks.weights.itm: expected float, got 'high'"),
+                         (["--optim"], "not of the form --key=value")):
+        with pytest.raises(ConfigError, match=re.escape(message)) as info:
+            apply_overrides(PretrainConfig(), bad)
+        assert not isinstance(info.value, (KeyError, TypeError))  # one documented exception type
+
+
+def test_extractor_overrides_raise_key_and_type_errors():
+    from vlptm.config import ConfigError
+    from vlptm.detection.config import GridConfig, apply_overrides
+
+    with pytest.raises(KeyError, match="'selection' is not a section") as unknown:
+        apply_overrides(GridConfig(), {"selection.fixed_boxes": 36})  # a region-extractor key
+    with pytest.raises(KeyError, match="unknown key 'grid'"):
+        apply_overrides(GridConfig(), {"grid": 4})
+    with pytest.raises(TypeError, match="grid_size: expected int, got 'four'") as ill_typed:
+        apply_overrides(GridConfig(), {"grid_size": "four"})
+    assert not isinstance(unknown.value, ConfigError) and not isinstance(ill_typed.value, ConfigError)
+
+
+def test_dict_conversions_are_one_implementation():
+    import vlptm.config
+    import vlptm.detection.config
+
+    assert vlptm.config.to_dict is to_dict and vlptm.detection.config.config_to_dict is to_dict
+    recipe = Recipe(outer=Outer(items=[Inner(size=2)]))
+    assert build_dataclass(Recipe, to_dict(recipe)) == recipe
 
 
 # ------------------------------------------------------------------------- the three front-ends

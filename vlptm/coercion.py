@@ -2,10 +2,12 @@
 
 :func:`coerce` turns a value into a field's annotated type, whether it is a Python or YAML value or a
 string from a ``--key=value`` command line (``"256"``, ``"true"``, ``"none"``, ``"5e-4"``, ``"[1, 2]"``,
-``"{mlm: 1}"``); :func:`build_dataclass` builds a (nested) config dataclass from a mapping with it. The
-config front-ends (:mod:`vlptm.config`, :mod:`vlptm.models.config`, :mod:`vlptm.detection.config`) all
-use these and raise :class:`UnknownFieldError` (a ``KeyError``) and :class:`FieldTypeError` (a
-``TypeError``) as the exceptions they document.
+``"{mlm: 1}"``); :func:`build_dataclass` builds a (nested) config dataclass from a mapping with it,
+:func:`set_dotted` sets dotted keys (``optim.lr``, ``selection.fixed_boxes``) of a built one and
+:func:`to_dict` turns one back into plain dicts. The config front-ends (:mod:`vlptm.config`,
+:mod:`vlptm.models.config`, :mod:`vlptm.detection.config`) all use these and raise
+:class:`UnknownFieldError` (a ``KeyError``) and :class:`FieldTypeError` (a ``TypeError``) as the exceptions
+they document.
 
 What each annotation accepts:
 
@@ -39,7 +41,7 @@ from typing import Any, Callable, Dict, Mapping, Type, TypeVar
 import yaml
 
 __all__ = ["FieldTypeError", "UnknownFieldError", "field_types", "unwrap_optional", "coerce", "coerce_fields",
-           "build_dataclass"]
+           "build_dataclass", "set_dotted", "to_dict"]
 
 _C = TypeVar("_C")
 _NoneType = type(None)
@@ -153,6 +155,77 @@ def build_dataclass(cls: Type[_C], data: Mapping[str, Any], where: str = "") -> 
         FieldTypeError: a value that does not fit its field's type.
     """
     return cls(**coerce_fields(cls, data, where))
+
+
+def to_dict(config: Any) -> Dict[str, Any]:
+    """Plain nested dict of a config dataclass (``dataclasses.asdict``: sections become dicts, tuples stay
+    tuples); :func:`build_dataclass` reads it back."""
+    return dataclasses.asdict(config)
+
+
+def set_dotted(config: _C, values: Mapping[str, Any], prefix: str = "") -> _C:
+    """A copy of config dataclass ``config`` with values set at dotted keys, each checked by :func:`coerce`.
+
+    A key walks nested sections (``"optim.lr"``, ``"selection.fixed_boxes"``); its last part must be a
+    field of the section it ends in, except inside a free-form ``Dict`` field, which takes new keys too
+    (``"tasks.weights.itm"``). A dataclass field given a mapping is rebuilt from it (missing fields take
+    their defaults); a value given as a string is parsed as the field's type. The copy is rebuilt from
+    plain dicts, so no mutable value is shared with ``config``.
+
+    Args:
+        config: a config dataclass instance.
+        values: dotted key -> value, applied in order.
+        prefix: put before a dotted key in the messages of unknown sections and keys (``"override --"``
+            spells it as on a command line).
+
+    Returns:
+        A new instance of ``type(config)``.
+
+    Raises:
+        UnknownFieldError: a part of a key that is not a section, or a last part that is not a field.
+        FieldTypeError: a value that does not fit its field's type.
+
+    Example:
+        >>> from vlptm.train.config import PretrainConfig
+        >>> cfg = set_dotted(PretrainConfig(), {"optim.lr": "3e-4", "tasks.weights.mrc": 2})
+        >>> cfg.optim.lr, cfg.tasks.weights["mrc"]
+        (0.0003, 2.0)
+        >>> try:
+        ...     set_dotted(cfg, {"optim.lrr": 1.0})
+        ... except KeyError as err:
+        ...     print(err)  # doctest: +ELLIPSIS
+        optim.lrr: unknown key 'lrr'; valid keys: ['accum_steps', 'betas', 'eps', ...]
+    """
+    data = to_dict(config)
+    for dotted, value in values.items():
+        *path, leaf = dotted.split(".")
+        node, tp = data, type(config)
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise UnknownFieldError(f"{prefix}{dotted}: {part!r} is not a section of the config")
+            node, tp = node[part], _member_type(tp, part)
+        if dataclasses.is_dataclass(tp):
+            known, leaf_tp = leaf in node, field_types(tp).get(leaf)
+        elif typing.get_origin(tp) is dict:  # free-form: any key of the key type
+            key_tp, leaf_tp = typing.get_args(tp) or (Any, Any)
+            leaf, known = coerce(key_tp, leaf, dotted), True
+        else:  # a mapping inside an untyped value: only its keys
+            known, leaf_tp = leaf in node, Any
+        if not known:
+            raise UnknownFieldError(f"{prefix}{dotted}: unknown key {leaf!r}; valid keys: {sorted(node, key=str)}")
+        value = coerce(leaf_tp, value, dotted)
+        is_section = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        node[leaf] = to_dict(value) if is_section else value  # a later key may walk into it
+    return build_dataclass(type(config), data)
+
+
+def _member_type(tp: Any, key: str) -> Any:
+    """Annotation of the member ``key`` of a mapping annotated ``tp`` (a dataclass or ``Dict``), else ``Any``."""
+    if dataclasses.is_dataclass(tp):
+        return unwrap_optional(field_types(tp)[key])
+    if typing.get_origin(tp) is dict and typing.get_args(tp):
+        return unwrap_optional(typing.get_args(tp)[1])
+    return Any
 
 
 # ----------------------------------------------------------------------------------------------------------

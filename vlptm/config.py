@@ -14,16 +14,17 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import os
-import typing
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Type, TypeVar, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Type, TypeVar, Union
 
 import yaml
 
-from vlptm.coercion import FieldTypeError, UnknownFieldError, build_dataclass, field_types, unwrap_optional
+from vlptm.coercion import FieldTypeError, UnknownFieldError, build_dataclass, set_dotted, to_dict
 from vlptm.models.config import parse_overrides
+
+__all__ = ["ConfigError", "from_dict", "to_dict", "apply_overrides", "build_config", "load_config", "save_config"]
 
 _C = TypeVar("_C")
 
@@ -32,27 +33,32 @@ class ConfigError(ValueError):
     """A recipe or override that does not fit the config dataclass."""
 
 
-def from_dict(cls: Type[_C], data: Mapping[str, Any], where: str = "") -> _C:
-    """Build dataclass ``cls`` from a (nested) mapping; missing fields keep their defaults.
-
-    Values are checked and converted by :func:`vlptm.coercion.coerce`.
-
-    Raises:
-        ConfigError: unknown keys or values that do not fit the field types.
-    """
+@contextlib.contextmanager
+def _as_config_error() -> Iterator[None]:
+    """Re-raise :mod:`vlptm.coercion`'s unknown-key and type errors as :class:`ConfigError`."""
     try:
-        return build_dataclass(cls, data, where)
+        yield
     except (UnknownFieldError, FieldTypeError) as err:
         raise ConfigError(str(err)) from err
 
 
-def to_dict(config: Any) -> Dict[str, Any]:
-    """Plain nested dict of a config dataclass (YAML/JSON serialisable)."""
-    return dataclasses.asdict(config)
+def from_dict(cls: Type[_C], data: Mapping[str, Any], where: str = "") -> _C:
+    """Build dataclass ``cls`` from a (nested) mapping; missing fields keep their defaults.
+
+    Values are checked and converted by :func:`vlptm.coercion.build_dataclass`.
+
+    Raises:
+        ConfigError: unknown keys or values that do not fit the field types.
+    """
+    with _as_config_error():
+        return build_dataclass(cls, data, where)
 
 
 def apply_overrides(config: _C, overrides: Iterable[str]) -> _C:
     """Return a copy of ``config`` with ``--dotted.key=value`` overrides applied (type-checked).
+
+    Keys walk nested sections; new keys are accepted only inside free-form ``Dict`` fields
+    (``--tasks.weights.itm=1.5``). The rules are :func:`vlptm.coercion.set_dotted`'s.
 
     Raises:
         ConfigError: an unknown key, a malformed override or a value of the wrong type.
@@ -61,32 +67,8 @@ def apply_overrides(config: _C, overrides: Iterable[str]) -> _C:
         parsed = parse_overrides(list(overrides))
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    data = to_dict(config)
-    for dotted, value in parsed.items():
-        node: Any = data
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
-                raise ConfigError(f"override --{dotted}: {part!r} is not a section of the config")
-            node = node[part]
-        if not isinstance(node, dict):
-            raise ConfigError(f"override --{dotted}: not a config key")
-        leaf = parts[-1]
-        section_open = isinstance(node, dict) and parts[:-1] and _is_open_mapping(type(config), parts[:-1])
-        if leaf not in node and not section_open:
-            raise ConfigError(f"override --{dotted}: unknown key {leaf!r}; valid keys: {sorted(node)}")
-        node[leaf] = value
-    return from_dict(type(config), data)
-
-
-def _is_open_mapping(cls: type, path: list) -> bool:
-    """Whether the field at ``path`` is a free-form ``Dict`` (any key may be added)."""
-    tp: Any = cls
-    for part in path:
-        if not dataclasses.is_dataclass(tp):
-            return False
-        tp = unwrap_optional(field_types(tp)[part])
-    return typing.get_origin(tp) is dict
+    with _as_config_error():
+        return set_dotted(config, parsed, prefix="override --")
 
 
 def build_config(cls: Type[_C], data: Optional[Mapping[str, Any]] = None, overrides: Iterable[str] = ()) -> _C:

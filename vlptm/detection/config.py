@@ -6,11 +6,10 @@ dataclass fields; a value given as a string (from ``--key=value``) is parsed as 
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from vlptm.coercion import build_dataclass, coerce, field_types
+from vlptm.coercion import build_dataclass, set_dotted, to_dict
 
 __all__ = [
     "BackboneConfig",
@@ -190,9 +189,7 @@ class DetectorTrainConfig:
     seed: int = 0  # random seed (model init, sampling, flips)
 
 
-def config_to_dict(config: Any) -> Dict[str, Any]:
-    """Plain JSON/YAML-ready dict (tuples become lists)."""
-    return dataclasses.asdict(config)
+config_to_dict = to_dict  # plain nested dict of a config (vlptm.coercion.to_dict)
 
 
 def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
@@ -220,24 +217,11 @@ def dotted_overrides(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any
 def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
     """Returns a copy of ``config`` with dotted-key overrides applied (``{"selection.fixed_boxes": 36}``).
 
+    A section given a mapping (``{"selection": {"max_boxes": 50}}``) is rebuilt from it; the rules are
+    :func:`vlptm.coercion.set_dotted`'s.
+
     Raises:
         KeyError: unknown key.
         TypeError: a value that does not fit the field's type.
     """
-    data = config_to_dict(config)
-    for key, value in overrides.items():
-        node, cls = data, type(config)
-        parts = key.split(".")
-        for part in parts[:-1]:
-            types_by_name = field_types(cls)
-            if part not in node or not dataclasses.is_dataclass(types_by_name.get(part)):
-                raise KeyError(f"unknown config section {part!r} in {key!r}")
-            node, cls = node[part], types_by_name[part]
-        leaf = parts[-1]
-        types_by_name = field_types(cls)
-        if leaf not in types_by_name:
-            raise KeyError(f"unknown config key {key!r}; {cls.__name__} has {sorted(types_by_name)}")
-        node[leaf] = coerce(types_by_name[leaf], value, key)
-        if dataclasses.is_dataclass(types_by_name[leaf]):
-            node[leaf] = config_to_dict(node[leaf])
-    return config_from_dict(type(config), data)
+    return set_dotted(config, overrides)
