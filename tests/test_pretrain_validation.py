@@ -1,6 +1,7 @@
 """Held-out validation during pretraining (``validation`` in the recipe, ``vlptm.train.validate``)."""
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -94,4 +95,14 @@ def test_a_validation_source_needs_captions_and_features(worlds):
     root, train, _ = worlds
     recipe = write_recipe(root / "bad.yaml", train, root / "bad", validation={"sources": [{"captions": "x.json"}]})
     with pytest.raises(ValueError, match=r"validation.sources\[0\] needs both"):
+        pretrain(load_config(PretrainConfig, recipe))
+
+
+def test_held_out_images_missing_from_their_store_are_a_clear_error(worlds):
+    root, train, held = worlds
+    captions = root / "elsewhere.json"  # images that no store holds
+    captions.write_text(json.dumps([{"image": "gone.jpg", "image_id": "gone", "captions": ["a red cube"]}]))
+    recipe = write_recipe(root / "missing.yaml", train, root / "missing",
+                          validation={"sources": [{"captions": str(captions), "features": held["features"]}]})
+    with pytest.raises(ValueError, match="no held-out image is in its feature store"):
         pretrain(load_config(PretrainConfig, recipe))

@@ -78,9 +78,13 @@ def build_dataset(cfg: PretrainConfig, pos_dim: int, section: str = "data") -> P
             records, repeat = [r for r in records if r.image_id in store][:budget], 1
             budget -= len(records)
             if not records:
+                logger.warning("validation.sources[%d]: none of its images is in %s (or max_images is used up)",
+                               i, source.features)
                 continue
         sources.append(PretrainSource(records=records, store=store, repeat=repeat,
                                       name=Path(source.captions).parent.name))
+    if not sources:
+        raise ValueError("validation.sources: no held-out image is in its feature store; nothing to evaluate")
     m = cfg.masking
     masking = MaskingOptions(text_scheme=m.text_scheme, text_prob=m.text_prob, span_p=m.span_p,
                              span_max=m.span_max, region_prob=m.region_prob,
