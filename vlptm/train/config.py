@@ -109,5 +109,5 @@ class PretrainConfig:
     save_every: int = 1000  # steps between checkpoints (a final one is always written)
     keep_checkpoints: int = 2  # how many step checkpoints to keep
     log_every: int = 10  # steps between log lines
-    time_limit_minutes: float = 0.0  # stop (and checkpoint) after this much training time; 0 = no limit
+    time_limit_minutes: float = 0.0  # stop (and checkpoint) after this much run time, validation included; 0 = off
     progress: bool = True  # tqdm progress bar on rank 0
