@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +11,7 @@ from safetensors.torch import load_file
 from test_pretrain_data import make_toy_world, write_recipe
 from vlptm.commands.plot_log import plot_log
 from vlptm.config import load_config
+from vlptm.features.store import FeatureStoreWriter
 from vlptm.train import VALIDATION_FILE, evaluate_pretraining, load_pretraining_model, pretrain, read_log
 from vlptm.train.checkpoint import resolve_checkpoint
 from vlptm.train.config import PretrainConfig
@@ -105,4 +107,15 @@ def test_held_out_images_missing_from_their_store_are_a_clear_error(worlds):
     recipe = write_recipe(root / "missing.yaml", train, root / "missing",
                           validation={"sources": [{"captions": str(captions), "features": held["features"]}]})
     with pytest.raises(ValueError, match="no held-out image is in its feature store"):
+        pretrain(load_config(PretrainConfig, recipe))
+
+
+def test_held_out_features_of_another_size_are_a_clear_error(worlds):
+    root, train, _ = worlds
+    with FeatureStoreWriter(root / "narrow", feature_dim=8, extractor_name="other") as writer:
+        writer.add_arrays("img0000", boxes=np.array([[0.0, 0.0, 10.0, 10.0]], np.float32),
+                          features=np.ones((1, 8), np.float32), scores=np.ones(1, np.float32), image_size=(20, 20))
+    recipe = write_recipe(root / "narrow.yaml", train, root / "narrow-run",
+                          validation={"sources": [{"captions": train["captions"], "features": str(root / "narrow")}]})
+    with pytest.raises(ValueError, match="8-d region features"):
         pretrain(load_config(PretrainConfig, recipe))

@@ -154,6 +154,9 @@ def _pretrain(cfg: PretrainConfig, resume: bool, info: DistInfo) -> Path:
     heldout = (build_dataset(cfg, int(model_config.region_pos_dim), "validation") if cfg.validation.sources
                else None)
     feature_dim = int(dataset.stores[0].feature_dim)
+    if heldout is not None and int(heldout.stores[0].feature_dim) != feature_dim:
+        raise ValueError(f"validation.sources have {heldout.stores[0].feature_dim}-d region features; the training "
+                         f"data has {feature_dim}-d ones")
     model = build_model(cfg, feature_dim, dataset.num_region_classes).to(device)
 
     sampler = BucketBatchSampler(dataset.lengths(), cfg.data.batch_size, num_replicas=info.world_size,
