@@ -51,8 +51,9 @@ def make_model(kind: str = "single-tiny", seed: int = 0, tasks=("itc", "itm"), p
                           device="cpu")
 
 
-def make_checkpoint(run_dir: Path, world: Path, store: Path, model: str = "single-tiny", steps: int = 2) -> Path:
-    """A pretraining run of ``steps`` steps (ITC + ITM) through the real ``pretrain`` entry point."""
+def make_checkpoint(run_dir: Path, world: Path, store: Path, model: str = "single-tiny", steps: int = 2,
+                    pooling: str = "mean") -> Path:
+    """A pretraining run of ``steps`` steps (ITC with ``pooling`` + ITM) through the real ``pretrain`` entry point."""
     from vlptm.config import build_config
     from vlptm.train import PretrainConfig, pretrain
 
@@ -60,7 +61,7 @@ def make_checkpoint(run_dir: Path, world: Path, store: Path, model: str = "singl
         "model": model, "run_dir": str(run_dir), "progress": False, "log_every": 1, "save_every": 1000,
         "data": {"sources": [{"captions": str(world / "captions.json"), "features": str(store)}],
                  "batch_size": 4, "max_regions": 10, "max_text_len": 24},
-        "tasks": {"weights": {"itc": 1.0, "itm": 1.0}, "itc_embed_dim": 24},
+        "tasks": {"weights": {"itc": 1.0, "itm": 1.0}, "itc_embed_dim": 24, "itc_pooling": pooling},
         "optim": {"max_steps": steps, "warmup_steps": 1, "lr": 1e-4},
     }
     return pretrain(build_config(PretrainConfig, recipe, []))

@@ -128,6 +128,39 @@ def test_incremental_build_adds_and_removes(world, tmp_path):
     assert a[1] == b[1]
 
 
+def test_region_index_keeps_at_most_max_vectors_per_image(world, tmp_path):
+    from vlptm.cli import main
+    from vlptm.retrieval import RetrievalModel
+    from vlptm.retrieval.build import open_searcher
+    from vlptm.retrieval.index import read_index_manifest
+
+    from retrieval_fixtures import make_checkpoint
+
+    store = world["store"]
+    run = make_checkpoint(tmp_path / "run", world["world"], Path(store.path), pooling="regions")
+    full = RetrievalModel.from_checkpoint(run, device="cpu")
+    capped = RetrievalModel.from_checkpoint(run, device="cpu", max_vectors=2)
+    regions = [full.regions(store[i]) for i in store.ids()]
+    counts = [len(r.feats) for r in regions]
+    assert max(counts) > 2  # the cap bites
+    for whole, cut, n in zip(full.embed_regions(regions), capped.embed_regions(regions), counts):
+        assert len(whole) == n and len(cut) == min(2, n)
+        np.testing.assert_allclose(cut, whole[: len(cut)], atol=1e-6)  # the first (most confident) regions
+
+    out = tmp_path / "index"
+    assert main(["index", "--store", str(store.path), "--model", str(run), "--out", str(out),
+                 "--max-vectors", "2"]) == 0
+    assert read_index_manifest(out)["model"]["max_vectors"] == 2
+    assert EmbeddingIndex.load(out).ntotal == sum(min(2, n) for n in counts)
+    with pytest.raises(IndexMismatchError, match="vectors per image"):  # updating it with another cap
+        build_index(full, store, out, progress=False)
+    searcher = open_searcher(out, device="cpu")
+    assert searcher.model.max_vectors == 2  # image queries are cut like the indexed images
+    assert searcher.text_to_image(["a red circle"], k=3, rerank=0)[0]
+    with pytest.raises(ValueError, match="max_vectors"):
+        RetrievalModel.from_checkpoint(run, device="cpu", max_vectors=0)
+
+
 def test_model_without_itm_head_cannot_rerank(world):
     model = make_model("single-tiny", tasks=("itc",))
     with pytest.raises(RetrievalModelError, match="ITM"):

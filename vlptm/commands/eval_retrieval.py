@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-images", type=int, default=None, help="evaluate the first N images only")
     parser.add_argument("--captions-per-image", type=int, default=None,
                         help="keep at most this many captions per image (5 for the COCO/Flickr protocols)")
+    parser.add_argument("--max-vectors", type=int, default=None,
+                        help="region-pooled models: at most this many vectors per image (default all)")
     parser.add_argument("--batch-size", type=int, default=128, help="pairs per forward pass")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         records = list(read_records(args.captions, image_root=args.image_root, **kwargs))
         data = EvalSet.from_records(records, store, max_images=args.max_images,
                                     captions_per_image=args.captions_per_image)
-        model = RetrievalModel.from_checkpoint(args.model, device=args.device)
+        model = RetrievalModel.from_checkpoint(args.model, device=args.device, max_vectors=args.max_vectors)
         results = evaluate_retrieval(model, store, data, modes=modes, rerank=args.rerank, itc_weight=args.itc_weight,
                                      factory=args.factory, batch_size=args.batch_size, progress=True)
     except (StoreError, DatasetFormatError, FileNotFoundError, ValueError) as err:

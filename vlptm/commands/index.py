@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rebuild", action="store_true", help="replace an existing index instead of updating it")
     parser.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query (stored in the index)")
     parser.add_argument("--ef-search", type=int, default=None, help="HNSW search depth (stored in the index)")
+    parser.add_argument("--max-vectors", type=int, default=None,
+                        help="region-pooled models: keep at most this many vectors per image (its first, most "
+                             "confident regions; default all)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
 
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         params["efSearch"] = args.ef_search
     try:
         store = FeatureStore.open(args.store)
-        model = RetrievalModel.from_checkpoint(args.model, device=args.device)
+        model = RetrievalModel.from_checkpoint(args.model, device=args.device, max_vectors=args.max_vectors)
         result = build_index(model, store, args.out, factory=args.factory, images=args.images,
                              image_root=args.image_root, captions=args.captions, split=args.split,
                              rebuild=args.rebuild, search_params=params or None, batch_size=args.batch_size)

@@ -50,6 +50,10 @@ def _open_or_new(out: Path, model: RetrievalModel, factory: str, modality: str, 
         if modality == "image" and index.extractor.get("config_hash") != extractor.get("config_hash"):
             raise IndexMismatchError(f"{out} was built from other features (extractor "
                                      f"{index.extractor.get('config_hash')}); pass rebuild=True (--rebuild)")
+        built_cap = (manifest.get("model") or {}).get("max_vectors")
+        if modality == "image" and model.multi_vector and built_cap != model.max_vectors:
+            raise IndexMismatchError(f"{out} keeps {built_cap or 'all'} vectors per image, this model "
+                                     f"{model.max_vectors or 'all'}; pass the same max_vectors or rebuild=True")
         if search_params:
             index.set_search_params(**search_params)
         return index
@@ -169,7 +173,8 @@ def open_searcher(index: PathLike, model: Optional[PathLike] = None, store: Opti
     store_path = store or (manifest.get("extractor") or {}).get("store")
     if not model_path:
         raise ValueError(f"{index} does not name its model: pass the checkpoint explicitly")
-    retrieval_model = RetrievalModel.from_checkpoint(model_path, device=device)
+    cap = (manifest.get("model") or {}).get("max_vectors")  # image queries get the index's vectors per image
+    retrieval_model = RetrievalModel.from_checkpoint(model_path, device=device, max_vectors=cap)
     feature_store = FeatureStore.open(store_path) if store_path else None
     indexes = open_index(index, retrieval_model, feature_store)
     return Searcher(retrieval_model, indexes["images"], feature_store, indexes["captions"], rerank=rerank,

@@ -78,6 +78,9 @@ class RetrievalModel:
         source: where the weights came from (recorded in index manifests).
         device: where the model runs (default CUDA when available).
         autocast_dtype: ``torch.bfloat16`` / ``torch.float16`` for autocast, ``None`` for fp32.
+        max_vectors: with region pooling (:attr:`multi_vector`), keep at most this many vectors per image: those
+            of its first regions, which a detector's store orders by confidence. Bounds the index size (a
+            vector per region otherwise); ``None`` keeps them all. Recorded in index manifests.
 
     Example:
         >>> from vlptm.models import create_model
@@ -92,7 +95,7 @@ class RetrievalModel:
 
     def __init__(self, model: Any, tokenizer: Any, *, max_regions: int = 36, max_text_len: int = 40,
                  source: str = "", device: Union[str, torch.device, None] = None,
-                 autocast_dtype: Optional[torch.dtype] = None) -> None:
+                 autocast_dtype: Optional[torch.dtype] = None, max_vectors: Optional[int] = None) -> None:
         if getattr(model, "itc", None) is None:
             raise RetrievalModelError("the model has no ITC head: retrieval embeddings come from the ITC "
                                       "projections (pretrain with the 'itc' task)")
@@ -108,15 +111,20 @@ class RetrievalModel:
         self.region_feat_dim = int(model.encoder.config.region_feat_dim)
         self.embed_dim = int(model.itc.out_dim)
         self.multi_vector = bool(model.itc.multi_vector)  # images embedded as one vector per region
+        if max_vectors is not None and int(max_vectors) < 1:
+            raise ValueError(f"max_vectors must be at least 1 (or None for all), got {max_vectors}")
+        self.max_vectors = None if max_vectors is None else int(max_vectors)
         self._fingerprint: Optional[str] = None
 
     # -- construction -----------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: PathLike, *, device: Union[str, torch.device, None] = None,
-                        autocast_dtype: Optional[torch.dtype] = None) -> "RetrievalModel":
+                        autocast_dtype: Optional[torch.dtype] = None,
+                        max_vectors: Optional[int] = None) -> "RetrievalModel":
         """Load a pretraining run (its latest checkpoint), ``RUN/checkpoint`` or a step directory.
 
-        The tokenizer, ``max_regions`` and ``max_text_len`` are read from the run's recipe.
+        The tokenizer, ``max_regions`` and ``max_text_len`` are read from the run's recipe; ``max_vectors`` as
+        in the constructor.
 
         Raises:
             FileNotFoundError: no pretraining checkpoint at ``path``.
@@ -134,7 +142,8 @@ class RetrievalModel:
         data = recipe.get("data") or {}
         return cls(load_pretraining_model(str(checkpoint)), load_tokenizer(data.get("tokenizer", "minilm-l6")),
                    max_regions=int(data.get("max_regions", 36)), max_text_len=int(data.get("max_text_len", 40)),
-                   source=str(Path(path).resolve()), device=device, autocast_dtype=autocast_dtype)
+                   source=str(Path(path).resolve()), device=device, autocast_dtype=autocast_dtype,
+                   max_vectors=max_vectors)
 
     @property
     def has_itm(self) -> bool:
@@ -161,7 +170,7 @@ class RetrievalModel:
         """What an index manifest records about this model."""
         return {"fingerprint": self.fingerprint, "source": self.source,
                 "encoder": self.net.encoder.model_type, "embed_dim": self.embed_dim,
-                "max_regions": self.max_regions, "max_text_len": self.max_text_len}
+                "max_regions": self.max_regions, "max_text_len": self.max_text_len, "max_vectors": self.max_vectors}
 
     # -- inputs -----------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> List[np.ndarray]:
@@ -226,14 +235,16 @@ class RetrievalModel:
     @torch.inference_mode()
     def embed_regions(self, regions: Sequence[Regions], batch_size: int = 128) -> ImageEmbeddings:
         """Float32 unit-norm ITC embeddings of images given as :class:`Regions`: a ``(B, E)`` array, or for a
-        region-pooling model (:attr:`multi_vector`) a list of ``B`` sets ``(r_i, E)``, one row per region."""
+        region-pooling model (:attr:`multi_vector`) a list of ``B`` sets ``(r_i, E)``, one row per region
+        (the first :attr:`max_vectors` regions when that is set)."""
         out: Any = [] if self.multi_vector else np.zeros((len(regions), self.embed_dim), dtype=np.float32)
         for start in range(0, len(regions), batch_size):
             chunk = regions[start: start + batch_size]
             with _autocast(self.device, self.autocast_dtype):
                 emb = self.net.embed_images(self.region_batch(chunk)).float().cpu().numpy()  # (b, E) / (b, R, E)
             if self.multi_vector:
-                out.extend(emb[i, : max(1, len(r.feats))] for i, r in enumerate(chunk))
+                cap = self.max_vectors or emb.shape[1]
+                out.extend(emb[i, : max(1, min(len(r.feats), cap))] for i, r in enumerate(chunk))
             else:
                 out[start: start + len(chunk)] = emb
         return out
