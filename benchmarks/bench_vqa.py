@@ -49,6 +49,9 @@ A second fine-tuning seed on the same split and pretraining run (2026-11-30, 38.
     DAQUAR: question-only 0.224 / 0.258, (b) 0.227 / 0.259, (a) 0.241 / 0.275
     Mean of fine-tuning seeds 0 and 1 (exact-set): question-only 0.219, (b) 0.231, (a) 0.232; seed-to-seed
     differences (up to 0.018) are as large as the test's standard error, so (a) and (b) are not told apart.
+A third seed (2026-11-30, 37.4 min wall, ``--fit-seed 2``): question-only 0.219 / 0.248, (b) 0.222 / 0.251,
+    (a) 0.236 / 0.271. Mean of seeds 0-2 (exact-set): question-only 0.219, (b) 0.228, (a) 0.233; (a) beats the
+    question-only model in all three seeds and (b) in two.
 Tried on validation only (the training part re-split by image, 30% of its images as a 1,591-question dev set;
 encoder (b), 6 epochs; dev exact-set): 3x3 grid at 256 px 0.2225; 5x5 grid at 416-560 px (25 regions, 1.4x the
 step time) 0.2219; 3x3 with ``--pooling mean`` 0.2231. Answer-set decoding: 8.5% of the questions have several
