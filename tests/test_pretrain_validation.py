@@ -15,7 +15,7 @@ from vlptm.features.store import FeatureStoreWriter
 from vlptm.train import VALIDATION_FILE, evaluate_pretraining, load_pretraining_model, pretrain, read_log
 from vlptm.train.checkpoint import resolve_checkpoint
 from vlptm.train.config import PretrainConfig
-from vlptm.train.pretrain import build_dataset
+from vlptm.train.pretrain import build_validation_dataset
 from vlptm.train.validate import recall_at, text_to_image_ranks
 
 
@@ -63,7 +63,7 @@ def test_evaluation_is_repeatable_and_recall_counts_ranks(worlds):
     cfg = load_config(PretrainConfig, recipe)
     pretrain(cfg)
     model = load_pretraining_model(str(root / "eval")).train()
-    heldout = build_dataset(cfg, pos_dim=int(model.encoder.config.region_pos_dim), section="validation")
+    heldout = build_validation_dataset(cfg, pos_dim=int(model.encoder.config.region_pos_dim))
     assert len(heldout.images) == 12
 
     state = torch.random.get_rng_state()

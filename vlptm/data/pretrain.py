@@ -211,6 +211,26 @@ def pad_arrays(arrays: Sequence[np.ndarray], length: int, value: float, dtype: t
     return out
 
 
+def pad_text(ids: Sequence[np.ndarray], pad_id: int = 0, prefix: str = "") -> Dict[str, Tensor]:
+    """Token id arrays -> ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(B, T)`` (keys prefixed)."""
+    length = max(len(a) for a in ids)
+    input_ids = pad_arrays(ids, length, pad_id, torch.long)  # (B, T)
+    mask = pad_arrays([np.ones(len(a), np.int64) for a in ids], length, 0, torch.long)  # (B, T)
+    return {prefix + "input_ids": input_ids, prefix + "attention_mask": mask,
+            prefix + "token_type_ids": torch.zeros_like(input_ids)}
+
+
+def pad_regions(feats: Sequence[np.ndarray], pos: Sequence[np.ndarray], prefix: str = "") -> Dict[str, Tensor]:
+    """Images' ``(r_i, D)`` features and ``(r_i, P)`` positions -> ``region_feats (B, R, D)``,
+    ``region_pos (B, R, P)``, ``region_mask (B, R)`` (keys prefixed; R at least 1)."""
+    length = max(1, max(len(f) for f in feats))
+    return {
+        prefix + "region_feats": pad_arrays(feats, length, 0.0, torch.float32),  # (B, R, D)
+        prefix + "region_pos": pad_arrays(pos, length, 0.0, torch.float32),  # (B, R, P)
+        prefix + "region_mask": pad_arrays([np.ones(len(f), np.int64) for f in feats], length, 0, torch.long),
+    }
+
+
 def collate_pretrain(items: Sequence[Dict[str, Any]], pad_id: int = 0) -> Dict[str, Tensor]:
     """Pad a list of :class:`PretrainDataset` items into a batch.
 
@@ -221,39 +241,21 @@ def collate_pretrain(items: Sequence[Dict[str, Any]], pad_id: int = 0) -> Dict[s
         ``itm_labels (B,)``; and ``itm_input_ids, itm_attention_mask, itm_token_type_ids (B, T')``,
         ``itm_region_feats (B, R', D)``, ``itm_region_pos``, ``itm_region_mask``.
     """
-    def text(key: str, prefix: str = "") -> Dict[str, Tensor]:
-        arrays = [item[key] for item in items]
-        length = max(len(a) for a in arrays)
-        ids = pad_arrays(arrays, length, pad_id, torch.long)  # (B, T)
-        mask = pad_arrays([np.ones(len(a), np.int64) for a in arrays], length, 0, torch.long)  # (B, T)
-        return {prefix + "input_ids": ids, prefix + "attention_mask": mask,
-                prefix + "token_type_ids": torch.zeros_like(ids)}
-
-    def regions(prefix: str) -> Dict[str, Tensor]:
-        feats = [item[prefix + "region_feats"] for item in items]
-        length = max(1, max(len(f) for f in feats))
-        return {
-            prefix + "region_feats": pad_arrays(feats, length, 0.0, torch.float32),  # (B, R, D)
-            prefix + "region_pos": pad_arrays([item[prefix + "region_pos"] for item in items], length, 0.0,
-                                              torch.float32),  # (B, R, P)
-            prefix + "region_mask": pad_arrays([np.ones(len(f), np.int64) for f in feats], length, 0,
-                                               torch.long),  # (B, R)
-        }
-
-    batch = text("input_ids")
+    batch = pad_text([item["input_ids"] for item in items], pad_id)
     length = batch["input_ids"].shape[1]
     batch["mlm_input_ids"] = pad_arrays([item["mlm_input_ids"] for item in items], length, pad_id, torch.long)
     batch["mlm_labels"] = pad_arrays([item["mlm_labels"] for item in items], length, IGNORE_INDEX, torch.long)
-    batch.update(regions(""))
+    batch.update(pad_regions([item["region_feats"] for item in items], [item["region_pos"] for item in items]))
     num_regions = batch["region_feats"].shape[1]
     batch["region_masked"] = pad_arrays([item["region_masked"] for item in items], num_regions, False, torch.bool)
     if all("region_cls_probs" in item for item in items):
         batch["region_cls_probs"] = pad_arrays([item["region_cls_probs"] for item in items], num_regions, 0.0,
-                                         torch.float32)  # (B, R, C)
+                                               torch.float32)  # (B, R, C)
     batch["masked_modality"] = torch.tensor([item["masked_modality"] for item in items], dtype=torch.long)
     batch["image_index"] = torch.tensor([item["image_index"] for item in items], dtype=torch.long)
-    batch.update(text("itm_input_ids", "itm_"))
-    batch.update(regions("itm_"))
+    batch.update(pad_text([item["itm_input_ids"] for item in items], pad_id, "itm_"))
+    batch.update(pad_regions([item["itm_region_feats"] for item in items], [item["itm_region_pos"] for item in items],
+                             "itm_"))
     batch["itm_labels"] = torch.tensor([item["itm_label"] for item in items], dtype=torch.long)
     return batch
 
@@ -357,5 +359,5 @@ def split_lengths(dataset: PretrainDataset) -> tuple:
     return dataset.text_lengths, dataset.image_regions[dataset.example_image]
 
 
-__all__ = ["PretrainSource", "MaskingOptions", "PretrainDataset", "collate_pretrain", "pad_arrays",
-           "BucketBatchSampler", "padding_fraction", "split_lengths"]
+__all__ = ["PretrainSource", "MaskingOptions", "PretrainDataset", "collate_pretrain", "pad_arrays", "pad_text",
+           "pad_regions", "BucketBatchSampler", "padding_fraction", "split_lengths"]

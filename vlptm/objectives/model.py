@@ -131,7 +131,8 @@ class PretrainingModel(nn.Module):
         return self.itm.score(self.itm_summary(self.encoder(inputs), inputs))
 
     # -- training -----------------------------------------------------------------------------------------
-    def forward(self, batch: Mapping[str, Tensor], tasks: Optional[Sequence[str]] = None) -> Dict[str, Tensor]:
+    def forward(self, batch: Mapping[str, Tensor], tasks: Optional[Sequence[str]] = None,
+                itm_negatives: Optional[str] = None) -> Dict[str, Tensor]:
         """Run the passes ``tasks`` need (default: all of this model's tasks) on a collated batch.
 
         Args:
@@ -140,6 +141,8 @@ class PretrainingModel(nn.Module):
                 ``masked_modality (B,)``, ``region_cls_probs (B, R, C)``, ``image_index (B,)`` and the
                 ``itm_*`` pair keys with ``itm_labels (B,)``.
             tasks: which tasks to run this step.
+            itm_negatives: this call's ITM negatives instead of the model's (held-out evaluation scores the
+                data's ``"random"`` pairs, however the model trains).
 
         Returns:
             Named losses (keys in ``TASKS``) and detached metrics (``*_acc``, ``itc_temperature``).
@@ -152,8 +155,11 @@ class PretrainingModel(nn.Module):
         masked_tasks = [t for t in tasks if t == "mlm" or t in MRM_TASKS]
         if masked_tasks:
             out.update(self._masked_modeling(batch, masked_tasks))
+        negatives = self.itm_negatives if itm_negatives is None else itm_negatives
+        if negatives not in ITM_NEGATIVES:
+            raise ValueError(f"itm_negatives must be one of {ITM_NEGATIVES}, got {negatives!r}")
         similarity = None
-        if "itc" in tasks or ("itm" in tasks and self.itm_negatives == "hard"):
+        if "itc" in tasks or ("itm" in tasks and negatives == "hard"):
             with torch.set_grad_enabled(torch.is_grad_enabled() and "itc" in tasks):
                 text_emb = self.embed_text(batch)  # (B, E)
                 image_emb = self.embed_images(batch)  # (B, E)
@@ -161,7 +167,7 @@ class PretrainingModel(nn.Module):
                 out.update(self.itc(text_emb, image_emb, batch.get("image_index")))
             similarity = self.itc.similarity(text_emb.detach(), image_emb.detach())  # (B, B)
         if "itm" in tasks:
-            out.update(self._matching(batch, similarity))
+            out.update(self._matching(batch, similarity, negatives))
         return out
 
     def _masked_modeling(self, batch: Mapping[str, Tensor], tasks: Sequence[str]) -> Dict[str, Tensor]:
@@ -191,8 +197,9 @@ class PretrainingModel(nn.Module):
                                 batch.get("region_cls_probs"), mrm_tasks))
         return out
 
-    def _matching(self, batch: Mapping[str, Tensor], similarity: Optional[Tensor]) -> Dict[str, Tensor]:
-        if self.itm_negatives == "hard":
+    def _matching(self, batch: Mapping[str, Tensor], similarity: Optional[Tensor],
+                  negatives: str) -> Dict[str, Tensor]:
+        if negatives == "hard":
             try:
                 return self._hard_matching(batch, similarity)
             except NoNegativeCandidates:  # e.g. a batch of one image's captions: the data's random pairs

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vlptm.data.pretrain import pad_regions, pad_text
 from vlptm.structures import RegionFeatures
 
 logger = logging.getLogger(__name__)
@@ -196,27 +197,12 @@ class RetrievalModel:
 
     def text_batch(self, ids: Sequence[np.ndarray]) -> Dict[str, Tensor]:
         """Pad token id arrays into ``input_ids, attention_mask, token_type_ids (B, T)`` on the device."""
-        length = max(len(a) for a in ids)
-        input_ids = torch.zeros(len(ids), length, dtype=torch.long)  # (B, T)
-        mask = torch.zeros(len(ids), length, dtype=torch.long)  # (B, T)
-        for i, array in enumerate(ids):
-            input_ids[i, : len(array)] = torch.from_numpy(array)
-            mask[i, : len(array)] = 1
-        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device),
-                "token_type_ids": torch.zeros_like(input_ids).to(self.device)}
+        return {key: value.to(self.device) for key, value in pad_text(ids).items()}
 
     def region_batch(self, regions: Sequence[Regions]) -> Dict[str, Tensor]:
         """Pad images' regions into ``region_feats (B, R, D)``, ``region_pos (B, R, P)``, ``region_mask (B, R)``."""
-        length = max(1, max(len(r.feats) for r in regions))
-        feats = torch.zeros(len(regions), length, self.region_feat_dim)  # (B, R, D)
-        pos = torch.zeros(len(regions), length, self.pos_dim)  # (B, R, P)
-        mask = torch.zeros(len(regions), length, dtype=torch.long)  # (B, R)
-        for i, r in enumerate(regions):
-            feats[i, : len(r.feats)] = r.feats
-            pos[i, : len(r.pos)] = r.pos
-            mask[i, : len(r.feats)] = 1
-        return {"region_feats": feats.to(self.device), "region_pos": pos.to(self.device),
-                "region_mask": mask.to(self.device)}
+        padded = pad_regions([r.feats for r in regions], [r.pos for r in regions])
+        return {key: value.to(self.device) for key, value in padded.items()}
 
     # -- embeddings ---------------------------------------------------------------------------------------
     @torch.inference_mode()

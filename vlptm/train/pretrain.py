@@ -15,7 +15,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from vlptm.data.pretrain import BucketBatchSampler, MaskingOptions, PretrainData
 from vlptm.objectives import PretrainingModel
 from vlptm.objectives._dist import collective_device
 from vlptm.train import checkpoint as ckpt
-from vlptm.train.config import PretrainConfig
+from vlptm.train.config import PretrainConfig, SourceConfig
 from vlptm.train.distributed import DistInfo, barrier, cleanup, init_distributed
 from vlptm.train.loop import MetricAverager, TaskSchedule, TrainState, train_one_epoch
 from vlptm.train.optim import build_optimizer, build_scheduler
@@ -55,43 +55,55 @@ def set_deterministic(enabled: bool) -> None:
     torch.use_deterministic_algorithms(enabled)
 
 
-def build_dataset(cfg: PretrainConfig, pos_dim: int, section: str = "data") -> PretrainDataset:
-    """The data mix of ``cfg.data.sources`` as one :class:`PretrainDataset`; with ``section="validation"``
-    the held-out images of ``cfg.validation.sources`` instead (the first ``validation.max_images`` that are
-    in their stores, each source counted once, masked with their own seed)."""
+def _sources(configured: Sequence[SourceConfig], section: str) -> Iterator[Tuple[SourceConfig, list, Any]]:
+    """``(source, records, store)`` of each configured source, after checking it names both files."""
     from vlptm.data.readers import read_records
     from vlptm.features.store import FeatureStore
-    from vlptm.text import load_tokenizer
 
-    configured = cfg.data.sources if section == "data" else cfg.validation.sources
     if not configured:
         raise ValueError(f"the recipe has no {section}.sources (each needs captions: FILE and features: STORE)")
-    sources, budget = [], cfg.validation.max_images
     for i, source in enumerate(configured):
         if not source.captions or not source.features:
             raise ValueError(f"{section}.sources[{i}] needs both 'captions' and 'features'")
         kwargs = {"split": source.split} if source.split else {}
-        records = list(read_records(source.captions, source.image_root, **kwargs))
-        store = FeatureStore.open(source.features)
-        repeat = source.repeat
-        if section == "validation":
-            records, repeat = [r for r in records if r.image_id in store][:budget], 1
-            budget -= len(records)
-            if not records:
-                logger.warning("validation.sources[%d]: none of its images is in %s (or max_images is used up)",
-                               i, source.features)
-                continue
-        sources.append(PretrainSource(records=records, store=store, repeat=repeat,
-                                      name=Path(source.captions).parent.name))
-    if not sources:
-        raise ValueError("validation.sources: no held-out image is in its feature store; nothing to evaluate")
+        yield source, list(read_records(source.captions, source.image_root, **kwargs)), FeatureStore.open(
+            source.features)
+
+
+def _pretrain_dataset(cfg: PretrainConfig, sources: List[PretrainSource], pos_dim: int, seed: int) -> PretrainDataset:
+    from vlptm.text import load_tokenizer
+
     m = cfg.masking
     masking = MaskingOptions(text_scheme=m.text_scheme, text_prob=m.text_prob, span_p=m.span_p,
                              span_max=m.span_max, region_prob=m.region_prob,
                              itm_negative_prob=cfg.tasks.itm_negative_prob)
-    seed = cfg.seed if section == "data" else cfg.seed + 1
     return PretrainDataset(sources, load_tokenizer(cfg.data.tokenizer), max_text_len=cfg.data.max_text_len,
                            max_regions=cfg.data.max_regions, pos_dim=pos_dim, masking=masking, seed=seed)
+
+
+def build_dataset(cfg: PretrainConfig, pos_dim: int) -> PretrainDataset:
+    """The data mix of ``cfg.data.sources`` as one :class:`PretrainDataset`."""
+    sources = [PretrainSource(records=records, store=store, repeat=source.repeat,
+                              name=Path(source.captions).parent.name)
+               for source, records, store in _sources(cfg.data.sources, "data")]
+    return _pretrain_dataset(cfg, sources, pos_dim, cfg.seed)
+
+
+def build_validation_dataset(cfg: PretrainConfig, pos_dim: int) -> PretrainDataset:
+    """The held-out images of ``cfg.validation.sources``: the first ``validation.max_images`` that are in
+    their stores, each source counted once, masked with a seed of their own."""
+    sources, budget = [], cfg.validation.max_images
+    for i, (source, records, store) in enumerate(_sources(cfg.validation.sources, "validation")):
+        records = [r for r in records if r.image_id in store][:budget]
+        budget -= len(records)
+        if not records:
+            logger.warning("validation.sources[%d]: none of its images is in %s (or max_images is used up)",
+                           i, source.features)
+            continue
+        sources.append(PretrainSource(records=records, store=store, name=Path(source.captions).parent.name))
+    if not sources:
+        raise ValueError("validation.sources: no held-out image is in its feature store; nothing to evaluate")
+    return _pretrain_dataset(cfg, sources, pos_dim, cfg.seed + 1)
 
 
 def build_model(cfg: PretrainConfig, feature_dim: int, num_region_classes: int) -> PretrainingModel:
@@ -151,8 +163,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, info: DistInfo) -> Path:
     model_config = get_model_config(cfg.model, **{k: v for k, v in cfg.model_overrides.items()
                                                    if k != "region_feat_dim"})
     dataset = build_dataset(cfg, pos_dim=int(model_config.region_pos_dim))
-    heldout = (build_dataset(cfg, int(model_config.region_pos_dim), "validation") if cfg.validation.sources
-               else None)
+    heldout = build_validation_dataset(cfg, int(model_config.region_pos_dim)) if cfg.validation.sources else None
     feature_dim = int(dataset.stores[0].feature_dim)
     if heldout is not None and int(heldout.stores[0].feature_dim) != feature_dim:
         raise ValueError(f"validation.sources have {heldout.stores[0].feature_dim}-d region features; the training "

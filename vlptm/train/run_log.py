@@ -61,10 +61,9 @@ class RunLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / LOG_FILE
-        self._files = {}
-        for group, name in _FILES.items():
+        self._files: Dict[str, Any] = {}  # group -> open file, opened at its first entry
+        for name in _FILES.values():
             _truncate(self.run_dir / name, start_step)
-            self._files[group] = open(self.run_dir / name, "a", buffering=1)
         from torch.utils.tensorboard import SummaryWriter
 
         self._tb = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=start_step if start_step else None)
@@ -79,6 +78,8 @@ class RunLogger:
         if not self.enabled:
             return
         clean = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in entry.items()}
+        if group not in self._files:
+            self._files[group] = open(self.run_dir / _FILES[group], "a", buffering=1)
         self._files[group].write(json.dumps(clean) + "\n")
         step = int(entry["step"])
         for key, value in entry.items():

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vlptm.data.pretrain import IGNORE_INDEX, PretrainDataset, collate_pretrain, pad_arrays
+from vlptm.data.pretrain import IGNORE_INDEX, PretrainDataset, collate_pretrain, pad_regions, pad_text
 from vlptm.objectives.itc import concat_image_embeddings
 
 __all__ = ["RECALL_KS", "evaluate_pretraining", "head_accuracy", "text_to_image_ranks", "recall_at"]
@@ -57,27 +57,22 @@ def head_accuracy(model: Any, dataset: PretrainDataset, batch_size: int = 128,
     """``{"mlm_acc", "mrc_acc", "itm_acc"}`` over ``dataset`` (NaN for a head the model lacks)."""
     totals = {"mlm": [0.0, 0], "mrc": [0.0, 0], "itm": [0.0, 0]}
     has_mrc = model.mrm is not None and model.mrm.class_head is not None
-    trained_with = model.itm_negatives
     with _inference(model, autocast_dtype) as device:
-        model.itm_negatives = "random"  # score the data's random negatives, however ITM was trained
-        try:
-            for start in range(0, len(dataset), batch_size):
-                items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-                batch = _to(collate_pretrain(items), device)
-                if model.mlm is not None:
-                    count = int((batch["mlm_labels"] != IGNORE_INDEX).sum())
-                    totals["mlm"][0] += float(model(batch, ["mlm"])["mlm_acc"]) * count
-                    totals["mlm"][1] += count
-                if has_mrc and "region_cls_probs" in batch:
-                    count = int(batch["region_masked"].sum())
-                    totals["mrc"][0] += float(model(batch, ["mrc"])["mrc_acc"]) * count
-                    totals["mrc"][1] += count
-                if model.itm is not None:
-                    count = int(batch["input_ids"].shape[0])
-                    totals["itm"][0] += float(model(batch, ["itm"])["itm_acc"]) * count
-                    totals["itm"][1] += count
-        finally:
-            model.itm_negatives = trained_with
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = _to(collate_pretrain(items), device)
+            if model.mlm is not None:
+                count = int((batch["mlm_labels"] != IGNORE_INDEX).sum())
+                totals["mlm"][0] += float(model(batch, ["mlm"])["mlm_acc"]) * count
+                totals["mlm"][1] += count
+            if has_mrc and "region_cls_probs" in batch:
+                count = int(batch["region_masked"].sum())
+                totals["mrc"][0] += float(model(batch, ["mrc"])["mrc_acc"]) * count
+                totals["mrc"][1] += count
+            if model.itm is not None:  # the data's random negatives, however the model trains
+                count = int(batch["input_ids"].shape[0])
+                totals["itm"][0] += float(model(batch, ["itm"], itm_negatives="random")["itm_acc"]) * count
+                totals["itm"][1] += count
     return {f"{head}_acc": (right / count if count else float("nan")) for head, (right, count) in totals.items()}
 
 
@@ -89,21 +84,12 @@ def text_to_image_ranks(model: Any, dataset: PretrainDataset, batch_size: int = 
         image_parts = []
         for start in range(0, len(dataset.images), batch_size):
             regions = [dataset.regions(i) for i in range(start, min(start + batch_size, len(dataset.images)))]
-            feats = [r["feats"] for r in regions]
-            length = max(1, max(len(f) for f in feats))
-            batch = {
-                "region_feats": pad_arrays(feats, length, 0.0, torch.float32),  # (b, R, D)
-                "region_pos": pad_arrays([r["pos"] for r in regions], length, 0.0, torch.float32),  # (b, R, P)
-                "region_mask": pad_arrays([np.ones(len(f), np.int64) for f in feats], length, 0, torch.long),  # (b, R)
-            }
+            batch = pad_regions([r["feats"] for r in regions], [r["pos"] for r in regions])  # (b, R, ...)
             image_parts.append(model.embed_images(_to(batch, device)).float())
         image_emb = concat_image_embeddings(image_parts)  # (I, F), or (I, R, F) region sets
         text_parts = []
         for start in range(0, len(dataset), batch_size):
-            ids = dataset.text_ids[start: start + batch_size]
-            length = max(len(a) for a in ids)
-            batch = {"input_ids": pad_arrays(ids, length, 0, torch.long),  # (b, T)
-                     "attention_mask": pad_arrays([np.ones(len(a), np.int64) for a in ids], length, 0, torch.long)}
+            batch = pad_text(dataset.text_ids[start: start + batch_size])  # (b, T)
             text_parts.append(model.embed_text(_to(batch, device)).float())
         text_emb = torch.cat(text_parts)  # (Q, F)
         truth = torch.from_numpy(dataset.example_image).to(device)  # (Q,)
