@@ -255,6 +255,20 @@ def test_hard_negative_itm_falls_back_to_random_negatives_on_a_one_image_batch()
     assert torch.isfinite(out["itm"])
 
 
+def test_a_call_can_score_the_data_random_itm_pairs_of_a_hard_negative_model():
+    torch.manual_seed(0)
+    model = PretrainingModel(create_model("single-tiny", region_feat_dim=D, vocab_size=1200), ["itm", "itc"],
+                             itm_negatives="hard").eval()
+    batch = dict(_fixed_batch(7))
+    seen = _spy_encoder_inputs(model)
+    out = model(batch, ["itm"], itm_negatives="random")
+    assert model.itm_negatives == "hard"  # the model keeps its own setting
+    assert len(seen) == 1 and torch.equal(seen[0]["input_ids"], batch["itm_input_ids"])  # no ITC pass, B pairs
+    assert torch.isfinite(out["itm"])
+    with pytest.raises(ValueError, match="itm_negatives"):
+        model(batch, ["itm"], itm_negatives="easy")
+
+
 def test_itc_ignores_other_captions_of_the_same_image():
     torch.manual_seed(0)
     model = PretrainingModel(create_model("single-tiny", region_feat_dim=D, vocab_size=1200), ["itc"])
